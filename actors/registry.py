@@ -1,0 +1,139 @@
+"""Registry: who runs where, in which state, and how healthy — polled with one periodic tick.
+
+Supervisors report their children with ``registry.update``; the registry pings every running
+actor each ``health.poll_interval_s``, SIGKILLs one that does not answer within
+``health.timeout_s`` (its supervisor then restarts it), asks the health monitor for CPU/RSS
+samples, and answers lookups and status requests. After its own restart the supervisors
+re-report everything, so its state is rebuilt from theirs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from actors.status import Entry, snapshot
+from system import protocol
+from system.service import ServiceActor, handles
+
+
+class Registry(ServiceActor):
+    kind = "core"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.entries: dict[str, Entry] = {}
+        self.pings: dict[str, tuple[str, float]] = {}
+        self.last_sample = 0.0
+
+    def on_start(self) -> None:
+        health = self.config.get("health", {})
+        self.tick_s = float(health.get("poll_interval_s", 1.0))
+        self.timeout_s = float(health.get("timeout_s", 3.0))
+        self.sample_s = float(health.get("sample_interval_s", 5.0))
+        self.registry = protocol.address_to_wire(self.myAddress)
+
+    @handles(protocol.REGISTRY_UPDATE)
+    def _update(self, env, sender) -> None:
+        b = env.b
+        reporter = protocol.address_to_wire(sender)
+        parent = self.entries.get(b.get("parent", ""))
+        if parent is not None and parent.addr and parent.addr != reporter:
+            return  # a late report from a supervisor that has since been replaced
+        entry = self.entries.setdefault(b["name"], Entry(b["name"]))
+        entry.parent_addr = reporter
+        entry.update(b, time.time())
+        if entry.state != "running":
+            self._forget_pings(entry.name)
+        elif entry.addr == protocol.address_to_wire(self.myAddress):
+            entry.health, entry.last_pong = "ok", time.time()
+
+    @handles(protocol.REGISTRY_REMOVE)
+    def _remove(self, env, sender) -> None:
+        self.entries.pop(env.b["name"], None)
+        self._forget_pings(env.b["name"])
+
+    @handles(protocol.REGISTRY_NOTE)
+    def _note(self, env, sender) -> None:
+        entry = self.entries.get(env.b["name"])
+        if entry is not None:
+            entry.set_error(env.b["error"], time.time())
+            self.log("warning", "note", f"{entry.name}: {entry.last_error}", child=entry.name)
+
+    @handles(protocol.REGISTRY_LOOKUP)
+    def _lookup(self, env, sender) -> None:
+        entry = self.entries.get(env.b["name"])
+        if entry is None:
+            self.reply_error(sender, env, "unknown_service", f"no service named {env.b['name']!r}")
+            return
+        self.reply(sender, env, protocol.REGISTRY_FOUND,
+                   {"name": entry.name, "addr": entry.addr, "parent_addr": entry.parent_addr,
+                    "state": entry.state, "pid": entry.pid})
+
+    @handles(protocol.REGISTRY_STATUS)
+    def _status(self, env, sender) -> None:
+        self.reply(sender, env, protocol.REGISTRY_SNAPSHOT, snapshot(self.entries, time.time()))
+
+    # -- health polling -------------------------------------------------------------------
+    def on_tick(self) -> None:
+        now = time.time()
+        for ping_id, (name, sent) in list(self.pings.items()):
+            if now - sent > self.timeout_s:
+                del self.pings[ping_id]
+                self._unresponsive(name, now - sent)
+        waiting = {name for name, _ in self.pings.values()}
+        me = protocol.address_to_wire(self.myAddress)
+        for entry in self.entries.values():
+            if entry.state == "running" and entry.addr and entry.addr != me \
+                    and entry.name not in waiting:
+                ping = protocol.HEALTH_PING.encode()
+                self.pings[protocol.decode(ping).id] = (entry.name, now)
+                self.send(protocol.address_from_wire(entry.addr), ping)
+        if now - self.last_sample >= self.sample_s and "health" in self.entries:
+            self._request_samples(now)
+
+    def _request_samples(self, now: float) -> None:
+        health = self.entries["health"]
+        if health.state != "running" or not health.addr:
+            return
+        self.last_sample = now
+        pids = {e.name: e.pid for e in self.entries.values() if e.pid and e.state == "running"}
+        limits = {e.name: e.max_rss_mb for e in self.entries.values() if e.max_rss_mb}
+        self.send(protocol.address_from_wire(health.addr),
+                  protocol.HEALTH_SAMPLE.encode({"pids": pids, "limits": limits}))
+
+    def _unresponsive(self, name: str, waited: float) -> None:
+        entry = self.entries.get(name)
+        if entry is None or entry.state != "running":
+            return
+        entry.health = "failing"
+        cause = f"unresponsive: no health reply within {self.timeout_s:g}s"
+        self.log("error", "unresponsive", f"{name} (pid {entry.pid}) did not answer a health "
+                 f"ping in {waited:.1f}s; killing it so its supervisor restarts it", child=name)
+        if entry.pid:
+            try:
+                os.kill(entry.pid, signal.SIGKILL)
+                cause += f"; killed pid {entry.pid}"
+            except ProcessLookupError:
+                pass
+        entry.set_error(cause, time.time())
+
+    def _forget_pings(self, name: str) -> None:
+        for ping_id in [p for p, (n, _) in self.pings.items() if n == name]:
+            del self.pings[ping_id]
+
+    @handles(protocol.HEALTH_PONG)
+    def _pong(self, env, sender) -> None:
+        ping = self.pings.pop(env.re or "", None)
+        if ping is None:
+            return
+        entry = self.entries.get(ping[0])
+        if entry is not None:
+            entry.pong(env.b, time.time())
+
+    @handles(protocol.HEALTH_SAMPLES)
+    def _samples(self, env, sender) -> None:
+        for name, sample in env.b["samples"].items():
+            entry = self.entries.get(name)
+            if entry is not None and isinstance(sample, dict):
+                entry.sample(sample)

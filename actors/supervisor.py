@@ -1,0 +1,349 @@
+"""The restart manager: one supervisor implementation for every node of the tree.
+
+It starts its children one at a time in dependency order, applies ``RestartPolicy`` decisions
+on ``ChildActorExited``, reports every change to the registry, and stops its children in
+reverse order on ``tree.stop`` (SIGKILL after each child's shutdown timeout).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from thespian.actors import ActorExitRequest
+
+from actors.tree import ROOT, ChildDef, children_of, policy_of, services
+from system import protocol
+from system.errors import ConfigError
+from system.service import SwarmActor, handles
+from system.supervision import RestartPolicy
+
+START_TIMEOUT_S = 10.0
+EXITED = "exited unexpectedly"
+
+
+@dataclass
+class Child:
+    """What a supervisor knows about one child."""
+
+    d: ChildDef
+    addr: Any = None
+    pid: int | None = None
+    state: str = "stopped"
+    gen: int = 0
+    started_at: float = 0.0
+    last_error: str = ""
+    kill_reason: str = ""
+    manual_restarts: int = 0
+
+
+def _wait(seconds: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=max(0.0, seconds))
+
+
+class Supervisor(SwarmActor):
+    kind = "supervisor"
+    tick_s = 1.0  # expires relayed requests
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.children: dict[str, Child] = {}
+        self.policy: RestartPolicy | None = None
+        self.to_start: list[str] = []
+        self.stopping: set[str] = set()
+        self.boot_env = None
+        self.stop_requests: list[tuple[Any, Any]] = []
+        self.shutting_down = False
+        self.restart_waiters: dict[str, list] = {}
+        self.killed: list[str] = []
+        self.disabled: list[str] = []
+
+    # -- start -----------------------------------------------------------------------
+    @handles(protocol.SVC_INIT)
+    def _init(self, env, sender) -> None:
+        self.name, self.config = env.b["name"], env.b["config"]
+        self.registry = env.b.get("registry")
+        self.parent, self.boot_env = sender, env
+        try:
+            defs = children_of(self.name, self.config)
+            self.policy = RestartPolicy(policy_of(self.name, self.config), [d.spec for d in defs])
+        except ConfigError as exc:
+            self.reply(sender, env, protocol.SVC_FAILED,
+                       {"name": self.name, "reason": str(exc), "state": "failed"})
+            return
+        self.children = {d.spec.name: Child(d) for d in defs}
+        if self.name == "services":
+            self.disabled = services(self.config)[1]
+        self.to_start = list(self.children)
+        self.start_ticking()
+        self.log("info", "starting", f"{self.name} starting {len(defs)} children",
+                 children=list(self.children))
+        self._start_next()
+
+    def _start_next(self) -> None:
+        if self.shutting_down or self.stopping:
+            return
+        if any(c.state == "starting" for c in self.children.values()):
+            return
+        if not self.to_start:
+            if self.boot_env is not None:
+                self.reply(self.parent, self.boot_env, protocol.SVC_STARTED,
+                           {"name": self.name, "pid": os.getpid(), "kind": self.kind,
+                            "registry": self.registry, "ppid": os.getppid()})
+                self.boot_env = None
+                self._report_all()
+            return
+        child = self.children[self.to_start.pop(0)]
+        child.gen += 1
+        child.state = "starting"
+        child.addr = self.createActor(child.d.actor)
+        self.send(child.addr, protocol.SVC_INIT.encode(
+            {"name": child.d.spec.name, "config": self.config, "registry": self.registry}))
+        self.wakeupAfter(_wait(START_TIMEOUT_S), payload=("start_timeout", child.d.spec.name,
+                                                          child.gen))
+
+    @handles(protocol.SVC_STARTED)
+    def _child_started(self, env, sender) -> None:
+        child = self.children.get(env.b["name"])
+        if child is None or child.state != "starting":
+            return
+        child.addr, child.pid, child.state = sender, env.b["pid"], "running"
+        child.started_at = time.time()
+        self.policy.child_started(child.d.spec.name, time.monotonic())
+        self.log("info", "child_started", f"{child.d.spec.name} running (pid {child.pid})",
+                 child=child.d.spec.name, pid=child.pid)
+        if child.d.spec.name == "registry":
+            self._adopt_registry(protocol.address_to_wire(sender), source=None)
+        else:
+            self._report(child)
+        registry = env.b.get("registry")
+        if registry and registry != self.registry:
+            self._adopt_registry(registry, source=sender)
+        for waiter, wenv in self.restart_waiters.pop(child.d.spec.name, []):
+            self.reply(waiter, wenv, protocol.OK, {"name": child.d.spec.name, "pid": child.pid})
+        self._start_next()
+
+    @handles(protocol.SVC_FAILED)
+    def _child_failed(self, env, sender) -> None:
+        child = self.children.get(env.b["name"])
+        if child is None:
+            return
+        child.state, child.last_error = env.b["state"], env.b["reason"]
+        self.log("error", "child_failed", f"{child.d.spec.name} {child.state}: {child.last_error}",
+                 child=child.d.spec.name)
+        self.policy.child_stopped(child.d.spec.name)
+        self.stopping.add(child.d.spec.name)
+        self.send(sender, ActorExitRequest())
+        self._report(child)
+        for waiter, wenv in self.restart_waiters.pop(child.d.spec.name, []):
+            self.reply_error(waiter, wenv, "failed", f"{child.d.spec.name}: {child.last_error}")
+
+    # -- exits and restarts -----------------------------------------------------------------
+    def _by_addr(self, addr) -> Child | None:
+        return next((c for c in self.children.values() if c.addr == addr), None)
+
+    def on_child_exited(self, address) -> None:
+        child = self._by_addr(address)
+        if child is None:
+            return
+        name = child.d.spec.name
+        was = child.state
+        child.addr, child.pid = None, None
+        if name in self.stopping or self.shutting_down:
+            self.stopping.discard(name)
+            if was in ("running", "starting", "stopping", "restarting"):
+                child.state = "stopped"
+            self._report(child)
+            self._continue()
+            return
+        if was == "starting":  # crashed before confirming: counts like any crash (no loops)
+            self.policy.child_started(name, time.monotonic())
+        decision = self.policy.child_exited(name, abnormal=True, now=time.monotonic())
+        child.last_error, child.kill_reason = child.kill_reason or EXITED, ""
+        self.log("warning", "child_exited", decision.reason, child=name, action=decision.action)
+        if decision.action == "escalate":
+            self._escalate(decision.reason)
+            return
+        if decision.action == "ignore":
+            child.state = "stopped"
+            self._report(child)
+            return
+        child.state = "restarting"
+        self._report(child)
+        self._stop_children(decision.stop)
+        if decision.delay_s > 0:
+            self.wakeupAfter(_wait(decision.delay_s), payload=("restart", decision.start))
+        else:
+            self._queue_start(decision.start)
+
+    def _queue_start(self, names) -> None:
+        for n in names:
+            if n not in self.to_start:
+                self.to_start.append(n)
+        order = list(self.children)
+        self.to_start.sort(key=order.index)
+        self._start_next()
+
+    def _stop_children(self, names) -> None:
+        for n in names:
+            child = self.children[n]
+            if child.addr is None:
+                continue
+            self.stopping.add(n)
+            child.state = "stopping"
+            if child.d.kind == "supervisor":
+                self.send(child.addr, protocol.TREE_STOP.encode(
+                    {"timeout_s": child.d.spec.shutdown_timeout_s}))
+            else:
+                self.send(child.addr, ActorExitRequest())
+            self.policy.child_stopped(n)
+            self.wakeupAfter(_wait(child.d.spec.shutdown_timeout_s),
+                             payload=("stop_timeout", n, child.gen))
+
+    def _escalate(self, reason: str) -> None:
+        self.log("error", "escalate", f"{self.name} gives up: {reason}")
+        self.shutting_down = True
+        self._continue()
+
+    def _continue(self) -> None:
+        """After a child stopped: go on with a shutdown (one child at a time, reverse order)
+        or with starting children."""
+        if self.stopping:
+            return
+        if not self.shutting_down:
+            self._start_next()
+            return
+        live = [n for n in reversed(list(self.children)) if self.children[n].addr is not None]
+        if live:
+            self._stop_children(live[:1])
+            return
+        for requester, env in self.stop_requests:
+            self.reply(requester, env, protocol.TREE_STOPPED, {"killed": self.killed})
+        self.stop_requests = []
+        self.send(self.myAddress, ActorExitRequest())
+
+    # -- wakeups ---------------------------------------------------------------------------
+    def on_wakeup(self, payload) -> None:
+        kind = payload[0]
+        if kind == "restart":
+            self._queue_start(payload[1])
+            return
+        name, gen = payload[1], payload[2]
+        child = self.children.get(name)
+        if child is None or child.gen != gen:
+            return
+        if kind == "start_timeout" and child.state == "starting":
+            child.kill_reason = f"no start confirmation within {START_TIMEOUT_S:g}s"
+            self._kill(child)
+        elif kind == "stop_timeout" and name in self.stopping and child.addr is not None:
+            child.kill_reason = f"did not stop within {child.d.spec.shutdown_timeout_s:g}s; killed"
+            child.last_error = child.kill_reason
+            self.killed.append(name)
+            self._kill(child)
+
+    def _kill(self, child: Child) -> None:
+        self.log("warning", "kill", f"SIGKILL {child.d.spec.name} (pid {child.pid}): "
+                 f"{child.kill_reason}", child=child.d.spec.name)
+        if child.pid:
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        elif child.addr is not None:
+            self.send(child.addr, ActorExitRequest())
+
+    # -- stop and manual restart -----------------------------------------------------------------
+    @handles(protocol.TREE_STOP)
+    def _tree_stop(self, env, sender) -> None:
+        self.stop_requests.append((sender, env))
+        if not self.shutting_down:
+            self.shutting_down = True
+            self.log("info", "stopping", f"{self.name} stopping children in reverse order")
+        self._continue()
+
+    @handles(protocol.TREE_STOPPED)
+    def _subtree_stopped(self, env, sender) -> None:
+        self.killed.extend(env.b.get("killed", []))
+
+    @handles(protocol.SUP_RESTART)
+    def _manual_restart(self, env, sender) -> None:
+        name = env.b["name"]
+        child = self.children.get(name)
+        if child is None:
+            self.reply_error(sender, env, "unknown_service", f"{self.name} has no child {name!r}")
+            return
+        child.manual_restarts += 1
+        child.last_error = ""
+        self.restart_waiters.setdefault(name, []).append((sender, env))
+        self.log("info", "manual_restart", f"restart of {name} requested", child=name)
+        if child.addr is not None:
+            self._stop_children([name])
+            self.to_start.append(name)
+        else:
+            self._queue_start([name])
+
+    @handles(protocol.TREE_LOOKUP)
+    def _tree_lookup(self, env, sender) -> None:
+        """Entry point for external clients (the CLI finds the admin through the root)."""
+        if not self.registry:
+            self.reply_error(sender, env, "not_ready", "the registry is not up yet; retry")
+            return
+
+        def relay(reply):
+            if reply is None:
+                self.reply_error(sender, env, "not_ready", "the registry did not answer; retry")
+            elif reply.t == "error":
+                self.reply_error(sender, env, reply.b["code"], reply.b["detail"])
+            else:
+                self.reply(sender, env, protocol.REGISTRY_FOUND, reply.b)
+
+        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
+                     {"name": env.b["name"]}, relay, timeout_s=5.0)
+
+    # -- registry -----------------------------------------------------------------------------
+    @handles(protocol.TREE_REGISTRY)
+    def _registry_moved(self, env, sender) -> None:
+        if env.b["addr"] != self.registry:
+            self._adopt_registry(env.b["addr"], source=sender)
+
+    def _adopt_registry(self, addr: str, source) -> None:
+        """The registry (re)started: tell the rest of the tree and re-report everything to it."""
+        self.registry = addr
+        note = protocol.TREE_REGISTRY.encode({"addr": addr})
+        if self.parent is not None and source != self.parent and self.name != ROOT:
+            self.send(self.parent, note)
+        for child in self.children.values():
+            if child.addr is not None and child.addr != source and child.state == "running":
+                self.send(child.addr, note)
+        self._report_all()
+
+    def _report_all(self) -> None:
+        for child in self.children.values():
+            self._report(child)
+        for name in self.disabled:
+            self._send_registry({"name": name, "state": "disabled", "parent": self.name,
+                                 "kind": "service", "detail": "disabled in config"})
+
+    def _report(self, child: Child) -> None:
+        name = child.d.spec.name
+        self._send_registry({
+            "name": name, "state": child.state, "parent": self.name, "kind": child.d.kind,
+            "pid": child.pid, "started_at": child.started_at, "last_error": child.last_error,
+            "restarts": self.policy.restart_count(name) + child.manual_restarts,
+            "generic_error": child.last_error == EXITED,
+            "addr": protocol.address_to_wire(child.addr) if child.state == "running" else None,
+            "depends_on": list(child.d.spec.depends_on),
+            "max_rss_mb": self.config.get("services", {}).get(name, {}).get("max_rss_mb"),
+        })
+
+    def _send_registry(self, body: dict) -> None:
+        if self.registry:
+            self.send(protocol.address_from_wire(self.registry), protocol.REGISTRY_UPDATE.encode(body))
+
+    def health(self) -> tuple[str, str]:
+        running = sum(c.state == "running" for c in self.children.values())
+        status = "ok" if running == len(self.children) else "degraded"
+        return status, f"{running}/{len(self.children)} children running"

@@ -1,0 +1,101 @@
+"""Asyncio thread <-> actor bridge for services built on async clients (discord.py, twitchio).
+
+Calling ``Actor.send`` from another thread loses messages under load, so events travel the
+documented way: a ``queue.SimpleQueue`` plus a socketpair whose read end the actor watches
+(``ThespianWatch``, returned by the service base after every message). The asyncio side calls
+:meth:`AsyncBridge.post`; the actor drains everything that arrived, in order, on ``WatchMessage``::
+
+    bridge = AsyncBridge()
+    bridge.start(client_main)          # async def client_main(bridge): ... bridge.post(event)
+    ...
+    for event in bridge.drain(): ...   # in the actor
+    bridge.call(coro)                  # run a coroutine on the client's loop from the actor
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class AsyncBridge:
+    def __init__(self) -> None:
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def fileno(self) -> int:
+        return self._rsock.fileno()
+
+    def start(self, main: Callable[[AsyncBridge], Awaitable[Any]], name: str = "bridge") -> None:
+        """Run ``main(bridge)`` on a new event loop in a daemon thread."""
+        ready = threading.Event()
+
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            ready.set()
+            try:
+                self.loop.run_until_complete(main(self))
+            except BaseException as exc:  # noqa: BLE001 - reported to the actor as an event
+                self.error = exc
+                self.post(("bridge.error", exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                self.loop.close()
+                self.post(("bridge.stopped", None))
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def post(self, event: Any) -> None:
+        """Thread-safe: queue an event for the actor and wake it."""
+        self._events.put(event)
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already wakes it
+            self._wsock.send(b"\0")
+
+    def drain(self) -> list:
+        """In the actor: every event queued so far, oldest first."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._rsock.recv(65536):
+                pass
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def call(self, coro: Awaitable) -> Any:
+        """From the actor: schedule a coroutine on the client's loop (returns a Future)."""
+        if self.loop is None or self.loop.is_closed():
+            raise RuntimeError("the bridge loop is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Cancel every task on the loop and wait for the thread to end."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and self.running:
+            def cancel_all() -> None:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(cancel_all)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._rsock.close()
+        self._wsock.close()

@@ -1,0 +1,120 @@
+"""Structured logging: JSON lines under ``data_dir/logs``, configured once through Thespian's logDefs.
+
+Actors log with :func:`log`; Thespian forwards each record to its logger process, which
+formats it with :class:`JsonFormatter` into a size-rotated file.
+
+    >>> log_defs("/tmp/x")["handlers"]["file"]["filename"]
+    '/tmp/x/logs/swarm.log'
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+LOG_FILE = "swarm.log"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_logger = logging.getLogger("swarm")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, service, actor, pid, event, msg, plus fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "service": getattr(record, "service", record.name),
+            "actor": str(getattr(record, "actorAddress", "") or ""),
+            "pid": record.process,
+            "event": getattr(record, "event", "log"),
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in out and key != "actorAddress":
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class RedactFilter(logging.Filter):
+    """Replaces every known secret value in a record's message and fields with ``***``."""
+
+    def __init__(self, secrets: list[str] | None = None):
+        super().__init__()
+        self.secrets = sorted((s for s in (secrets or []) if s), key=len, reverse=True)
+
+    def _clean(self, value):
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, "***")
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self._clean(record.getMessage())
+            record.args = None
+            for key, value in list(vars(record).items()):
+                if key not in _STANDARD:
+                    setattr(record, key, self._clean(value))
+        return True
+
+
+def log_defs(data_dir: str | Path, level: str = "info", max_bytes: int = 10 * 1024 * 1024,
+             backups: int = 5, secrets: list[str] | None = None) -> dict:
+    """The dictConfig given to Thespian's ActorSystem as ``logDefs``."""
+    logs = Path(data_dir) / "logs"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "system.logs.JsonFormatter"}},
+        "filters": {"redact": {"()": "system.logs.RedactFilter", "secrets": list(secrets or [])}},
+        "handlers": {"file": {
+            "class": "logging.handlers.RotatingFileHandler",
+            "filename": str(logs / LOG_FILE), "maxBytes": max_bytes, "backupCount": backups,
+            "formatter": "json", "filters": ["redact"], "level": "DEBUG",
+        }},
+        "root": {"handlers": ["file"], "level": _LEVELS.get(level, logging.INFO)},
+    }
+
+
+def prepare_log_dir(data_dir: str | Path) -> Path:
+    """Create the log directory and point Thespian's internal log there (not /tmp)."""
+    logs = Path(data_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.environ["THESPLOG_FILE"] = str(logs / "thespian.log")
+    os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1024 * 1024))
+    return logs
+
+
+def log(level: str, service: str, event: str, msg: str, **fields) -> None:
+    """Log one structured record; ``fields`` become JSON keys."""
+    _logger.log(_LEVELS.get(level, logging.INFO), msg,
+                extra={"service": service, "event": event, **fields})
+
+
+def format_line(line: str, color: bool = False) -> str | None:
+    """Render one JSON log line for humans; None if the line is not a record."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("ts", 0)))
+    level = str(rec.get("level", "info"))
+    extra = {k: v for k, v in rec.items()
+             if k not in ("ts", "level", "service", "actor", "pid", "event", "msg")}
+    tail = " ".join(f"{k}={v}" for k, v in extra.items())
+    text = f"{stamp} {level.upper():7} {rec.get('service', '-'):10} {rec.get('event', '')}: " \
+           f"{rec.get('msg', '')}" + (f"  {tail}" if tail else "")
+    if color:
+        code = {"error": "31", "warning": "33", "debug": "2"}.get(level)
+        if code:
+            text = f"\033[{code}m{text}\033[0m"
+    return text

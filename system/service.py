@@ -1,0 +1,330 @@
+"""The one lifecycle every actor of the swarm follows (Erlang's gen_server idea on Thespian).
+
+A service subclasses :class:`ServiceActor` and supplies hooks; the base owns decoding,
+dispatch, health replies, config delivery, error classification and recovery, logging context
+and parent-death handling::
+
+    class Echo(ServiceActor):
+        @handles(protocol.TEST_ECHO)
+        def echo(self, env, sender):
+            self.reply(sender, env, protocol.OK, env.b)
+
+Hooks: ``on_start()`` (raise ConfigError to park the service in ``failed``), ``health()`` ->
+``(status, detail)``, ``on_tick()`` every ``tick_s``, ``on_event(event)`` for events pushed by an
+:class:`~system.bridge.AsyncBridge`, ``on_stop()``.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import datetime
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from thespian.actors import (
+    Actor,
+    ActorExitRequest,
+    ChildActorExited,
+    PoisonMessage,
+    ThespianWatch,
+    WakeupMessage,
+    WatchMessage,
+)
+
+from system import protocol
+from system.errors import ConfigError, classify
+from system.logs import log
+
+_PR_SET_PDEATHSIG = 1
+TRANSIENT_RETRIES = 5
+TRANSIENT_BASE_S = 0.1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (no orphaned actors).
+
+    Thespian turns SIGTERM into an ActorExitRequest, so the child exits cleanly.
+    """
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the stop sweep still catches leftovers
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def handles(mtype: protocol.MessageType) -> Callable:
+    """Mark a method as the handler of one message type: ``handler(self, env, sender)``."""
+    def mark(fn: Callable) -> Callable:
+        fn.handles = mtype.name
+        return fn
+    return mark
+
+
+class ErrorStats:
+    """Per-service error counters: by class, rate over the last minute, last error."""
+
+    def __init__(self) -> None:
+        self.by_class: collections.Counter = collections.Counter()
+        self.recent: collections.deque = collections.deque(maxlen=1000)
+        self.last: str = ""
+        self.last_at: float = 0.0
+
+    def record(self, kind: str, text: str) -> None:
+        now = time.time()
+        self.by_class[kind] += 1
+        self.recent.append(now)
+        self.last, self.last_at = f"{kind}: {text}"[:500], now
+
+    def snapshot(self) -> dict:
+        cutoff = time.time() - 60
+        return {"by_class": dict(self.by_class), "per_minute": sum(t > cutoff for t in self.recent),
+                "last": self.last, "last_at": self.last_at}
+
+
+class SwarmActor(Actor):
+    """Decode, dispatch, reply, recover: the part shared by supervisors and services."""
+
+    kind = "service"
+    tick_s: float | None = None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls._handlers = {}
+        for klass in reversed(cls.__mro__):
+            for attr in vars(klass).values():
+                if hasattr(attr, "handles"):
+                    cls._handlers[attr.handles] = attr
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        die_with_parent()
+        self.name = "?"
+        self.config: dict = {}
+        self.registry: str | None = None
+        self.parent = None
+        self.started_at = time.time()
+        self.errors = ErrorStats()
+        self.rejected = 0
+        self.bridge = None
+        self._current: protocol.Envelope | None = None
+        self._retries: dict[str, int] = {}
+        self._pending: dict[str, tuple[Callable, float]] = {}
+
+    # -- logging and replies -------------------------------------------------
+    def log(self, level: str, event: str, msg: str, **fields: Any) -> None:
+        if self._current is not None:
+            fields.setdefault("msg_id", self._current.id)
+        log(level, self.name, event, msg, **fields)
+
+    def reply(self, to_addr, env: protocol.Envelope | None, mtype: protocol.MessageType,
+              body: dict | None = None) -> None:
+        self.send(to_addr, mtype.encode(body, re=env.id if env else None))
+
+    def reply_error(self, to_addr, env, code: str, detail: str) -> None:
+        self.send(to_addr, protocol.error_reply(env, code, detail))
+
+    def request(self, addr, mtype: protocol.MessageType, body: dict | None,
+                on_reply: Callable[[protocol.Envelope | None], None], timeout_s: float = 5.0) -> None:
+        """Send a request; ``on_reply(env)`` runs with the reply, or with None after the timeout
+        (timeouts are checked on the actor's tick)."""
+        mid = protocol.new_id()
+        self._pending[mid] = (on_reply, time.monotonic() + timeout_s)
+        self.send(addr, mtype.encode(body, id=mid))
+
+    def _expire_requests(self) -> None:
+        now = time.monotonic()
+        for mid, (callback, deadline) in list(self._pending.items()):
+            if now > deadline:
+                del self._pending[mid]
+                callback(None)
+
+    def service_config(self) -> dict:
+        return self.config.get("services", {}).get(self.name, {})
+
+    # -- the loop ----------------------------------------------------------------
+    def receiveMessage(self, message, sender):
+        try:
+            if isinstance(message, (bytes, bytearray)):
+                self._on_bytes(bytes(message), sender)
+            elif isinstance(message, WakeupMessage):
+                self._on_wakeup(message.payload)
+            elif isinstance(message, WatchMessage):
+                self._drain_bridge()
+            elif isinstance(message, ActorExitRequest):
+                self._stopping()
+            elif isinstance(message, ChildActorExited):
+                self.on_child_exited(message.childAddress)
+            elif isinstance(message, PoisonMessage):
+                self.log("warning", "poison", "a message could not be delivered or handled",
+                         detail=str(message.details)[:200])
+            else:
+                self.on_system_message(message, sender)
+        finally:
+            self._current = None
+        if self.bridge is not None and self.bridge.running:
+            return ThespianWatch([self.bridge.fileno()])
+        return None
+
+    def _on_bytes(self, data: bytes, sender) -> None:
+        env = protocol.decode(data)
+        if isinstance(env, protocol.BadMessage):
+            self.rejected += 1
+            self.errors.record("permanent", env.detail)
+            self.log("warning", "bad_message", env.detail, code=env.code)
+            self.send(sender, protocol.error_reply(env, env.code, env.detail))
+            return
+        self._current = env
+        try:
+            if env.re is not None and env.re in self._pending:
+                self._pending.pop(env.re)[0](env)
+            elif env.t in self._handlers:
+                self._handlers[env.t](self, env, sender)
+            else:
+                self.on_unhandled(env, sender)
+        except Exception as exc:  # noqa: BLE001 - the one place errors are classified
+            self._recover(exc, env, data, sender)
+
+    def on_unhandled(self, env: protocol.Envelope, sender) -> None:
+        """A valid message this actor does not handle (replies are dropped silently)."""
+        if env.re is None and env.t != "error":
+            self.rejected += 1
+            self.send(sender, protocol.error_reply(env, "unknown_type",
+                                                   f"{self.name} does not handle {env.t}"))
+
+    def _recover(self, exc: Exception, env: protocol.Envelope, data: bytes, sender) -> None:
+        kind = classify(exc)
+        text = str(exc) or type(exc).__name__
+        self.errors.record(kind, text)
+        if kind == "transient":
+            attempt = self._retries.get(env.id, 0) + 1
+            if attempt <= TRANSIENT_RETRIES:
+                self._retries[env.id] = attempt
+                delay = TRANSIENT_BASE_S * 2 ** (attempt - 1)
+                self.log("warning", "retry", f"transient error, retry {attempt} in {delay:.2f}s: "
+                         f"{text}", type=env.t)
+                self.wakeupAfter(datetime.timedelta(seconds=delay), payload=("retry", data, sender))
+                return
+            kind, text = "permanent", f"gave up after {TRANSIENT_RETRIES} retries: {text}"
+        self._retries.pop(env.id, None)
+        if kind == "permanent":
+            self.log("warning", "rejected", text, type=env.t)
+            self.reply_error(sender, env, "permanent", text)
+        elif kind == "config":
+            self.log("error", "config_error", text, type=env.t)
+            self.reply_error(sender, env, "config", text)
+            self.fail(text)
+        else:
+            self.log("error", "crash", f"{type(exc).__name__}: {text}", type=env.t, exc_info=exc)
+            self.reply_error(sender, env, "internal", f"{type(exc).__name__}: {text}")
+            self.send(self.myAddress, ActorExitRequest())
+
+    def _on_wakeup(self, payload) -> None:
+        if payload == "tick":
+            try:
+                self._expire_requests()
+                self.on_tick()
+            except Exception as exc:  # noqa: BLE001
+                kind = classify(exc)
+                self.errors.record(kind, str(exc))
+                self.log("error", "tick_error", f"{type(exc).__name__}: {exc}", exc_info=exc)
+            if self.tick_s:
+                self.wakeupAfter(datetime.timedelta(seconds=self.tick_s), payload="tick")
+        elif isinstance(payload, tuple) and payload and payload[0] == "retry":
+            self._on_bytes(payload[1], payload[2])
+        else:
+            self.on_wakeup(payload)
+
+    def _drain_bridge(self) -> None:
+        for event in self.bridge.drain():
+            try:
+                self.on_event(event)
+            except Exception as exc:  # noqa: BLE001
+                self.errors.record(classify(exc), str(exc))
+                self.log("error", "event_error", f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    def _stopping(self) -> None:
+        try:
+            self.on_stop()
+        except Exception as exc:  # noqa: BLE001 - stopping must always finish
+            self.log("error", "stop_error", f"{type(exc).__name__}: {exc}")
+        if self.bridge is not None:
+            self.bridge.stop()
+        self.log("info", "stopped", f"{self.name} stopped")
+
+    def start_ticking(self) -> None:
+        if self.tick_s:
+            self.wakeupAfter(datetime.timedelta(seconds=self.tick_s), payload="tick")
+
+    # -- common handlers -------------------------------------------------------------
+    @handles(protocol.HEALTH_PING)
+    def _health_ping(self, env, sender) -> None:
+        try:
+            status, detail = self.health()
+        except Exception as exc:  # noqa: BLE001 - a broken health() is itself a finding
+            status, detail = "failing", f"health check raised {type(exc).__name__}: {exc}"
+        self.reply(sender, env, protocol.HEALTH_PONG, {
+            "status": status, "detail": detail, "pid": os.getpid(),
+            "errors": self.errors.snapshot(), "rejected": self.rejected})
+
+    @handles(protocol.TREE_REGISTRY)
+    def _registry_moved(self, env, sender) -> None:
+        self.registry = env.b["addr"]
+
+    def fail(self, reason: str, state: str = "failed") -> None:
+        """Tell the supervisor this service cannot work until its config changes."""
+        if self.parent is not None:
+            self.send(self.parent, protocol.SVC_FAILED.encode(
+                {"name": self.name, "reason": reason, "state": state}))
+
+    # -- hooks -------------------------------------------------------------------------
+    def health(self) -> tuple[str, str]:
+        return "ok", ""
+
+    def on_tick(self) -> None:
+        pass
+
+    def on_wakeup(self, payload) -> None:
+        pass
+
+    def on_event(self, event) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass
+
+    def on_child_exited(self, address) -> None:
+        pass
+
+    def on_system_message(self, message, sender) -> None:
+        pass
+
+
+class ServiceActor(SwarmActor):
+    """A supervised service: receives ``svc.init`` with its config, then runs its hooks."""
+
+    @handles(protocol.SVC_INIT)
+    def _init(self, env, sender) -> None:
+        self.name = env.b["name"]
+        self.config = env.b["config"]
+        self.registry = env.b.get("registry")
+        self.parent = sender
+        try:
+            self.on_start()
+        except ConfigError as exc:
+            self.errors.record("config", str(exc))
+            self.log("error", "config_error", f"{self.name} cannot start: {exc}")
+            self.reply(sender, env, protocol.SVC_FAILED,
+                       {"name": self.name, "reason": str(exc), "state": "failed"})
+            return
+        self.started_at = time.time()
+        self.start_ticking()
+        self.log("info", "started", f"{self.name} started", pid=os.getpid())
+        self.reply(sender, env, protocol.SVC_STARTED,
+                   {"name": self.name, "pid": os.getpid(), "kind": self.kind})
+
+    def on_start(self) -> None:
+        pass

@@ -1,0 +1,481 @@
+"""QueueStore behaviour on a real SQLite file in tmp_path with a fake clock."""
+from __future__ import annotations
+
+import pickle
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from actors.queue.model import IdGenerator, NewMessage, Priority
+from actors.queue.store import LEASE_ANY_SQL, LEASE_ONE_SQL, SCHEMA_VERSION, QueueStore
+from system.errors import ConfigError, TransientError
+
+T0 = 1_700_000_000.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeClock:
+    def __init__(self, t: float = T0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "queue.db"
+
+
+@pytest.fixture
+def store(db: Path, clock: FakeClock):
+    s = QueueStore(db, clock=clock)
+    yield s
+    s.close()
+
+
+def msg(recipient: str = "alice", text: str = "hi", **kw) -> NewMessage:
+    return NewMessage(recipient=recipient, payload=msgpack.packb(text), **kw)
+
+
+def ids_of(leased) -> list[str]:
+    return [m.id for m in leased]
+
+
+def test_enqueue_lease_ack_round_trip(store, clock):
+    res = store.enqueue([msg(text="one", sender="bob", headers={"trace": "t1"}), msg(text="two")])
+    assert len(res.accepted) == 2 and res.duplicates == [] and res.rejected == []
+    assert res.ids == res.accepted
+    leased = store.lease("alice", 10, "consumer-1", visibility_s=30)
+    assert ids_of(leased) == res.accepted
+    first = leased[0]
+    assert (first.recipient, first.sender, first.type, first.priority) == (
+        "alice", "bob", "text", "normal")
+    assert first.headers == {"trace": "t1"} and leased[1].headers == {}
+    assert msgpack.unpackb(first.payload) == "one"
+    assert first.state == "leased" and first.attempts == 1 and first.max_attempts == 5
+    assert first.lease_owner == "consumer-1" and first.lease_expires_at == T0 + 30
+    assert first.created_at == T0 and first.available_at == T0
+    assert store.lease("alice", 10, "consumer-1", 30) == []  # already leased
+    assert store.ack(ids_of(leased), owner="consumer-1") == 2
+    assert store.get(first.id) is None
+    assert store.ack(ids_of(leased)) == 0  # already acked: no-op
+    assert store.ack(["no-such-id"]) == 0
+    assert store.stats()["depth"]["total"] == 0
+
+
+def test_batch_with_duplicates_and_invalid_items_rejects_only_those(store):
+    items = [
+        msg(id="m1"),
+        msg(recipient=""),                                          # 1 empty recipient
+        msg(id="m1"),                                               # 2 duplicate in batch
+        msg(priority="asap"),                                       # 3 unknown priority
+        NewMessage(recipient="alice", payload="not bytes"),         # 4 payload not bytes
+        msg(delay_s=-1),                                            # 5 negative delay
+        msg(id="../etc/passwd"),                                    # 6 unsafe id
+        {"recipient": "alice", "payload": b"\xa1x", "bogus": 1},    # 7 unknown field
+        {"recipient": "carol", "payload": msgpack.packb("m"), "priority": "high"},
+        msg(headers={"k": 1}),                                      # 9 header not str
+        msg(max_attempts=0),                                        # 10
+        msg(id="m2"),
+    ]
+    res = store.enqueue(items)
+    assert [i for i, _ in res.rejected] == [1, 3, 4, 5, 6, 7, 9, 10]
+    reasons = dict(res.rejected)
+    assert reasons[1] == "empty recipient" and "unknown priority" in reasons[3]
+    assert "bytes" in reasons[4] and reasons[5] == "negative delay"
+    assert res.duplicates == ["m1"]
+    assert res.accepted[0] == "m1" and res.accepted[-1] == "m2" and len(res.accepted) == 3
+    assert res.ids[0] == res.ids[2] == "m1" and res.ids[1] is None and res.ids[8] is not None
+    assert store.get(res.ids[8]).priority == "high"
+    assert store.stats()["depth"]["ready"] == 3
+
+
+def test_duplicate_ids_detected_in_every_state_and_after_ack(store, clock):
+    store.enqueue([msg(id=i) for i in ("ready", "leased", "dead", "acked")])
+    store.lease("alice", 10, "c", 30)
+    store.nack(["ready"], "retry me")          # back to ready
+    store.nack(["dead"], "boom", retry=False)
+    store.ack(["acked"])
+    states = {i: (store.get(i).state if store.get(i) else None)
+              for i in ("ready", "leased", "dead", "acked")}
+    assert states == {"ready": "ready", "leased": "leased", "dead": "dead", "acked": None}
+    res = store.enqueue([msg(id=i) for i in ("ready", "leased", "dead", "acked", "new")])
+    assert res.duplicates == ["ready", "leased", "dead", "acked"] and res.accepted == ["new"]
+    clock.advance(100)
+    assert store.purge_acked(older_than_s=50) == 1  # dedup window of acked ids ends
+    assert store.enqueue([msg(id="acked")]).accepted == ["acked"]
+
+
+def test_without_remember_acked_an_acked_id_can_be_enqueued_again(db, clock):
+    with QueueStore(db, clock=clock, remember_acked=False) as store:
+        store.enqueue([msg(id="x")])
+        store.ack(ids_of(store.lease("alice", 1, "c", 30)))
+        assert store.enqueue([msg(id="x")]).accepted == ["x"]
+
+
+def test_lease_orders_by_priority_then_available_at_then_id(store, clock):
+    store.enqueue([msg(id="n-late", priority="normal")])
+    clock.advance(1)
+    store.enqueue([msg(id=i, priority=p) for i, p in (
+        ("l-1", "low"), ("n-b", "normal"), ("n-a", "normal"), ("h-1", "high"),
+        ("u-1", "urgent"), ("u-0", Priority.URGENT))])
+    store.enqueue([msg(id="n-early", priority="normal", delay_s=0)])
+    clock.advance(1)
+    order = ids_of(store.lease("alice", 3, "c", 30)) + ids_of(store.lease("alice", 10, "c", 30))
+    # normal: n-late is the oldest; n-a/n-b/n-early share available_at -> id order
+    assert order == ["u-0", "u-1", "h-1", "n-late", "n-a", "n-b", "n-early", "l-1"]
+
+
+def test_generated_ids_keep_enqueue_order(store):
+    res = store.enqueue([msg(text=str(i)) for i in range(50)])
+    assert res.accepted == sorted(res.accepted) and len(set(res.accepted)) == 50
+    leased = store.lease("alice", 50, "c", 30)
+    assert [msgpack.unpackb(m.payload) for m in leased] == [str(i) for i in range(50)]
+
+
+def test_id_generator_is_monotonic_even_if_the_clock_steps_back(clock):
+    gen = IdGenerator(clock)
+    ids = [gen()]
+    for step in (0, 0.001, -5, 0, 10):
+        clock.advance(step)
+        ids.append(gen())
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 26 and i.isalnum() for i in ids)
+
+
+def test_delayed_message_is_not_leased_before_available_at(store, clock):
+    store.enqueue([msg(id="later", delay_s=10), msg(id="now")])
+    assert ids_of(store.lease("alice", 10, "c", 30)) == ["now"]
+    assert store.next_available_at() == T0 + 10
+    clock.advance(9.999)
+    assert store.lease("alice", 10, "c", 30) == []
+    clock.advance(0.001)
+    assert ids_of(store.lease("alice", 10, "c", 30)) == ["later"]
+
+
+def test_lease_is_per_recipient_and_lease_any_spans_recipients(store, clock):
+    store.enqueue([msg("alice", id="a1", priority="low"), msg("bob", id="b1"),
+                   msg("carol", id="c1", priority="urgent"), msg("bob", id="b2")])
+    assert store.ready_recipients() == ["alice", "bob", "carol"]
+    assert ids_of(store.lease("bob", 10, "c", 30)) == ["b1", "b2"]
+    assert store.lease("nobody", 10, "c", 30) == []
+    store.enqueue([msg("bob", id="b3", priority="high")])
+    assert ids_of(store.lease_any(2, "c", 30)) == ["c1", "b3"]
+    assert ids_of(store.lease_any(10, "c", 30)) == ["a1"]
+    assert store.ready_recipients() == []
+
+
+def test_expired_lease_becomes_ready_again_and_attempt_is_counted(store, clock):
+    store.enqueue([msg(id="m")])
+    store.lease("alice", 1, "dead-consumer", visibility_s=30)
+    assert store.next_lease_expiry() == T0 + 30
+    clock.advance(30)
+    assert store.expire_leases() == 0  # not yet past lease_expires_at
+    clock.advance(0.5)
+    assert store.expire_leases() == 1
+    m = store.get("m")
+    assert (m.state, m.attempts, m.lease_owner, m.last_error) == ("ready", 1, None,
+                                                                  "lease expired")
+    assert m.available_at == T0  # keeps its queue position
+    again = store.lease("alice", 1, "consumer-2", 30)
+    assert again[0].attempts == 2 and again[0].lease_owner == "consumer-2"
+    assert store.ack(["m"], owner="dead-consumer") == 0  # the old owner lost the lease
+    assert store.ack(["m"], owner="consumer-2") == 1
+
+
+def test_expired_last_attempt_is_dead_lettered_as_lease_expired(store, clock):
+    store.enqueue([msg(id="m", max_attempts=2)])
+    for _ in range(2):
+        assert ids_of(store.lease("alice", 1, "c", 5)) == ["m"]
+        clock.advance(6)
+        assert store.expire_leases() == 1
+    dead = store.dead_letters()
+    assert [(d.id, d.attempts, d.last_error, d.dead_at) for d in dead] == [
+        ("m", 2, "lease expired", clock.t)]
+    assert store.stats()["totals"]["expired"] == 2
+
+
+def test_nack_backoff_timing_is_exact_and_capped(db, clock):
+    with QueueStore(db, clock=clock, default_max_attempts=20, backoff_base_s=1.0,
+                    backoff_max_s=300.0) as store:
+        store.enqueue([msg(id="m")])
+        expected = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+        for attempt, delay in enumerate(expected, start=1):
+            [leased] = store.lease("alice", 1, "c", 30)
+            assert leased.attempts == attempt
+            res = store.nack(["m"], f"fail {attempt}")
+            assert res.retried == ["m"] and res.dead == []
+            m = store.get("m")
+            assert m.available_at == clock.t + delay and m.last_error == f"fail {attempt}"
+            clock.advance(delay - 0.001)
+            assert store.lease("alice", 1, "c", 30) == []
+            clock.advance(0.001)
+
+
+def test_nack_after_max_attempts_moves_to_dead_letters_with_last_error(store, clock):
+    store.enqueue([msg(id="m")])
+    for attempt in range(1, 6):
+        [leased] = store.lease("alice", 1, "c", 30)
+        res = store.nack([leased.id], f"error {attempt}")
+        clock.advance(store.backoff(attempt))
+    assert res.dead == ["m"] and res.retried == []
+    [dead] = store.dead_letters()
+    assert (dead.id, dead.state, dead.attempts, dead.last_error) == ("m", "dead", 5, "error 5")
+    assert store.lease("alice", 1, "c", 30) == []
+
+
+def test_nack_without_retry_dead_letters_at_once(store):
+    store.enqueue([msg(id="m"), msg(id="other")])
+    store.lease("alice", 2, "c", 30)
+    res = store.nack(["m", "unknown"], "PermanentError: bad input", retry=False)
+    assert (res.retried, res.dead, res.count) == ([], ["m"], 1)
+    assert store.get("m").last_error == "PermanentError: bad input"
+    assert store.nack(["other"], "x", owner="someone-else").count == 0  # not the owner
+    assert store.get("other").state == "leased"
+
+
+def test_requeue_one_and_all_dead_letters(store, clock):
+    store.enqueue([msg(id=i) for i in ("a", "b", "c")])
+    store.lease("alice", 3, "c", 30)
+    store.nack(["a", "b", "c"], "nope", retry=False)
+    assert [d.id for d in store.dead_letters(limit=2)] == ["a", "b"]
+    assert [d.id for d in store.dead_letters(limit=2, offset=2)] == ["c"]
+    clock.advance(5)
+    assert store.requeue(["b", "missing"]) == 1
+    b = store.get("b")
+    assert (b.state, b.attempts, b.available_at, b.dead_at) == ("ready", 0, clock.t, None)
+    assert store.requeue([]) == 0
+    assert store.requeue() == 2
+    assert store.dead_letters() == []
+    assert ids_of(store.lease("alice", 10, "c", 30)) == ["a", "b", "c"]
+
+
+def test_purge_by_state_and_recipient(store):
+    store.enqueue([msg("alice", id="a1"), msg("alice", id="a2"), msg("bob", id="b1"),
+                   msg("bob", id="b2"), msg("carol", id="c1")])
+    store.lease("alice", 1, "c", 30)                                   # a1 leased
+    store.lease("bob", 1, "c", 30)
+    store.nack(["b1"], "x", retry=False)                               # b1 dead
+    with pytest.raises(ValueError, match="purge state"):
+        store.purge("done")
+    assert store.purge("ready", recipient="bob") == 1                  # b2
+    assert store.purge("dead") == 1                                    # b1
+    assert store.purge("ready") == 2                                   # a2, c1
+    assert store.stats()["depth"] == {"ready": 0, "leased": 1, "dead": 0, "total": 1}
+    assert store.purge("all") == 1
+    assert store.ack(["a1"]) == 0
+
+
+def test_stats_after_scripted_sequence(store, clock):
+    store.enqueue([msg("alice", id="a1", priority="urgent"), msg("alice", id="a2"),
+                   msg("bob", id="b1", priority="low"), msg("bob", id="b2", delay_s=60),
+                   msg("bob", id="b1"), msg("")])
+    clock.advance(10)
+    store.lease("alice", 2, "c", 30)                 # a1, a2 leased
+    store.ack(["a1"])
+    store.nack(["a2"], "boom", retry=False)          # a2 dead
+    store.enqueue([msg("carol", id="c1", priority="high")])
+    clock.advance(5)
+    st = store.stats()
+    assert st["depth"] == {"ready": 3, "leased": 0, "dead": 1, "total": 4}
+    assert st["by_priority"]["ready"] == {"urgent": 0, "high": 1, "normal": 1, "low": 1}
+    assert st["by_priority"]["dead"]["normal"] == 1
+    assert st["ready_by_recipient"] == {"bob": 2, "carol": 1}
+    assert st["oldest_ready_age_s"] == 15.0          # b1, available since T0
+    assert st["totals"] == {"enqueued": 5, "duplicates": 1, "rejected": 1, "leased": 2,
+                            "acked": 1, "nacked": 1, "retried": 0, "dead": 1, "expired": 0,
+                            "requeued": 0, "purged": 0}
+    store.purge("ready", recipient="bob")
+    assert store.stats()["oldest_ready_age_s"] == 5.0  # c1
+    store.purge("ready")
+    assert store.stats()["oldest_ready_age_s"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_in_memory_counters_always_match_a_full_recount(store, clock, seed):
+    rnd = random.Random(seed)
+    for _ in range(150):
+        op = rnd.choice(["enq", "enq", "lease", "lease_any", "ack", "nack", "expire",
+                         "requeue", "purge"])
+        if op == "enq":
+            store.enqueue([msg(rnd.choice("xyz"), id=f"m{rnd.randrange(60)}",
+                               priority=rnd.choice(list(Priority)),
+                               delay_s=rnd.choice([0, 0, 3])) for _ in range(rnd.randrange(6))])
+        elif op in ("lease", "lease_any"):
+            n = rnd.randrange(5)
+            got = (store.lease(rnd.choice("xyz"), n, "c", 5) if op == "lease"
+                   else store.lease_any(n, "c", 5))
+            assert len(got) <= n
+        elif op in ("ack", "nack"):
+            ids = [f"m{rnd.randrange(60)}" for _ in range(4)]
+            store.ack(ids) if op == "ack" else store.nack(ids, "e", retry=rnd.random() < 0.7)
+        elif op == "expire":
+            store.expire_leases()
+        elif op == "requeue":
+            store.requeue(None if rnd.random() < 0.3 else [f"m{rnd.randrange(60)}"])
+        else:
+            store.purge(rnd.choice(["ready", "dead", "all"]), rnd.choice([None, "x"]))
+        clock.advance(rnd.random() * 2)
+        assert store.counted() == store.recount()
+
+
+def test_committed_batches_survive_close_and_reopen(db, clock):
+    payloads = [bytes([i]) * i for i in range(1, 20)]
+    with QueueStore(db, clock=clock, synchronous="FULL") as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        ids = store.enqueue([NewMessage("alice", p, priority="high") for p in payloads]).accepted
+        store.lease("alice", 2, "c", 30)
+        store.ack(ids[:1])
+    with QueueStore(db, clock=clock) as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        st = store.stats()
+        assert st["depth"] == {"ready": 17, "leased": 1, "dead": 0, "total": 18}
+        assert st["by_priority"]["ready"]["high"] == 17
+        leased = store.lease("alice", 100, "c", 30)
+        assert [m.payload for m in leased] == payloads[2:]
+        assert store.enqueue([msg(id=ids[0])]).duplicates == [ids[0]]  # acked id remembered
+
+
+def test_leases_of_a_crashed_process_become_ready_after_expiry_on_reopen(db, clock):
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from actors.queue.store import QueueStore
+from actors.queue.model import NewMessage
+s = QueueStore({str(db)!r}, clock=lambda: {T0!r})
+s.enqueue([NewMessage("alice", b"\\x01", id="m%d" % i) for i in range(5)])
+s.lease("alice", 3, "consumer", 60)
+s.ack(["m0"])
+os._exit(0)  # crash: no close(), no checkpoint
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    with QueueStore(db, clock=clock) as store:
+        assert store.stats()["depth"] == {"ready": 2, "leased": 2, "dead": 0, "total": 4}
+        assert ids_of(store.lease("alice", 10, "c2", 300)) == ["m3", "m4"]
+        clock.advance(59)
+        assert store.expire_leases() == 0
+        clock.advance(2)
+        assert store.expire_leases() == 2
+        again = store.lease("alice", 10, "c2", 30)
+        assert ids_of(again) == ["m1", "m2"] and [m.attempts for m in again] == [2, 2]
+
+
+def test_lease_query_plan_is_a_bounded_range_on_the_partial_index(store):
+    def plan(sql: str) -> str:
+        params = {"owner": "o", "exp": 1.0, "rcpt": "alice", "prio": 2, "now": 1.0, "lim": 100}
+        return " | ".join(r[3] for r in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    one, many = plan(LEASE_ONE_SQL), plan(LEASE_ANY_SQL)
+    assert "INDEX ix_ready (recipient=? AND priority=? AND available_at<?)" in one
+    assert "INDEX ix_ready_any (priority=? AND available_at<?)" in many
+    assert "SCAN messages" not in one + many and "TEMP B-TREE" not in one + many
+    expiry = " | ".join(r[3] for r in store._conn.execute(
+        "EXPLAIN QUERY PLAN UPDATE messages SET state = 0 "
+        "WHERE state = 1 AND lease_expires_at < ?", (1.0,)))
+    assert "INDEX ix_leased (lease_expires_at<?)" in expiry
+
+
+def test_lease_with_many_delayed_rows_and_few_ready_does_not_walk_the_delayed_tail(store):
+    delayed = [msg(delay_s=3600 + i) for i in range(20_000)]
+    for i in range(0, len(delayed), 5000):
+        store.enqueue(delayed[i:i + 5000])
+    store.enqueue([msg(id=f"r{i}") for i in range(5)])
+    ticks = [0]  # SQLite VM work, in units of 100 instructions: deterministic, unlike time
+
+    def tick() -> int:
+        ticks[0] += 1
+        return 0
+
+    store._conn.set_progress_handler(tick, 100)
+    started = time.perf_counter()
+    got = store.lease("alice", 100, "c", 30)
+    again = store.lease_any(100, "c", 30)
+    elapsed = time.perf_counter() - started
+    ours = ticks[0]
+    assert ids_of(got) == [f"r{i}" for i in range(5)] and again == []
+    assert elapsed < 0.05, f"lease walked the delayed tail: {elapsed * 1000:.1f} ms"
+    # The pitfall this avoids: one ORDER BY over all priorities walks all 20k delayed rows.
+    ticks[0] = 0
+    store._conn.execute(
+        "SELECT id FROM messages WHERE state = 0 AND recipient = 'alice' AND available_at <= ? "
+        "ORDER BY priority, available_at, id LIMIT 100", (T0,)).fetchall()
+    assert ours < 100 and ticks[0] > 10 * max(ours, 1), (ours, ticks[0])
+
+
+def test_payload_bytes_are_returned_identical(store):
+    payloads = [b"", b"\x00\xff\x00", bytes(range(256)) * 40, msgpack.packb({"a": [1, 2.5]}),
+                bytearray(b"\xc1 invalid msgpack is still opaque")]
+    store.enqueue([NewMessage("alice", p) for p in payloads])
+    leased = store.lease("alice", 10, "c", 30)
+    assert [m.payload for m in leased] == [bytes(p) for p in payloads]
+    assert all(type(m.payload) is bytes for m in leased)
+
+
+def test_leased_message_survives_pickle_and_to_dict(store):
+    store.enqueue([msg(headers={"h": "v"})])
+    [m] = store.lease("alice", 1, "c", 30)
+    assert pickle.loads(pickle.dumps(m)) == m
+    d = m.to_dict()
+    assert d["payload"] == m.payload and d["headers"] == {"h": "v"}
+    msgpack.packb(d)
+
+
+def test_locked_database_raises_transient_error_and_leaves_state_intact(db, clock):
+    store = QueueStore(db, clock=clock, busy_timeout_s=0.05)
+    store.enqueue([msg(id="a")])
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(TransientError):
+            store.enqueue([msg(id="b")])
+        with pytest.raises(TransientError):
+            store.lease("alice", 1, "c", 30)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.counted() == store.recount() == {("ready", "alice", "normal"): 1}
+    assert store.enqueue([msg(id="b")]).accepted == ["b"]
+    store.close()
+
+
+def test_config_errors_bad_synchronous_and_newer_schema(db):
+    with pytest.raises(ConfigError):
+        QueueStore(db, synchronous="SOMETIMES")
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigError, match="schema version"):
+        QueueStore(db)
+
+
+def test_perf_sanity_10k_in_batches_of_500(db):
+    """Prints the rates (see them with -s); no timing assertion."""
+    with QueueStore(db) as store:
+        payload = msgpack.packb({"text": "x" * 180})
+        started = time.perf_counter()
+        for _ in range(20):
+            store.enqueue([NewMessage(f"agent{j % 4}", payload) for j in range(500)])
+        enqueued = time.perf_counter()
+        n = 0
+        while leased := store.lease_any(500, "c", 30):
+            n += store.ack([m.id for m in leased])
+        done = time.perf_counter()
+    assert n == 10_000
+    print(f"\n[queue perf] enqueue 10k: {(enqueued - started) * 1000:.0f} ms, "
+          f"lease+ack 10k: {(done - enqueued) * 1000:.0f} ms")

@@ -1,0 +1,174 @@
+"""The runtime on a real multiprocTCPBase system: supervision, health, stop, security."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from system import protocol
+
+
+def _pids(status: dict) -> dict:
+    return {n: v["pid"] for n, v in status["services"].items()}
+
+
+def test_start_detached_shows_every_actor_healthy(swarm):
+    status = swarm.status()
+    assert status["healthy"] is True
+    expected = {"core", "registry", "health", "admin", "services", "probe", "queue"}
+    assert expected <= set(status["services"])
+    for name, view in status["services"].items():
+        assert set(view) >= {"state", "healthy", "pid", "restarts", "uptime_s", "rss_bytes",
+                             "detail"}, name
+    assert status["services"]["queue"]["state"] == "disabled"
+    probe = status["services"]["probe"]
+    assert probe["state"] == "running" and probe["restarts"] == 0
+    assert psutil.pid_exists(probe["pid"])
+
+
+@pytest.mark.parametrize("victim", ["probe", "health", "admin"])
+def test_sigkilled_actor_is_restarted_and_siblings_untouched(swarm, victim):
+    before = swarm.wait_for(lambda s: s["healthy"] and all(
+        v["rss_bytes"] for v in s["services"].values() if v["state"] == "running"),
+        what="first samples")
+    os.kill(before["services"][victim]["pid"], signal.SIGKILL)
+    after = swarm.wait_for(
+        lambda s: s["healthy"] and s["services"][victim]["restarts"] == 1
+        and s["services"][victim]["pid"] != before["services"][victim]["pid"],
+        what=f"{victim} restarted")
+    # core is rest_for_one: killing health restarts admin after it; services are one_for_one
+    restarted_with = {"probe": {"probe"}, "health": {"health", "admin"}, "admin": {"admin"}}
+    changed = {n for n, pid in _pids(after).items() if pid != _pids(before)[n]}
+    assert changed == restarted_with[victim]
+
+
+def test_registry_restart_rebuilds_its_state_from_the_supervisors(swarm):
+    before = swarm.status()
+    os.kill(before["services"]["registry"]["pid"], signal.SIGKILL)
+    after = swarm.wait_for(lambda s: s["healthy"] and s["services"]["registry"]["restarts"] == 1,
+                           what="registry restarted")
+    assert set(after["services"]) == set(before["services"])
+    assert after["services"]["probe"]["pid"] == before["services"]["probe"]["pid"]
+    assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 1}).b == {"x": 1}
+
+
+def test_hung_actor_is_detected_killed_and_restarted(swarm):
+    pid = swarm.service("probe")["pid"]
+    swarm.tell("probe", protocol.TEST_HANG.encode())
+    after = swarm.wait_for(lambda s: s["services"]["probe"]["pid"] not in (None, pid)
+                           and s["services"]["probe"]["healthy"], timeout=15, what="hung probe")
+    probe = after["services"]["probe"]
+    assert probe["restarts"] == 1
+    assert "unresponsive" in probe["last_error"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_parent_killed_leaves_no_orphans(swarm):
+    before = swarm.status()
+    probe_pid = before["services"]["probe"]["pid"]
+    os.kill(before["services"]["services"]["pid"], signal.SIGKILL)
+    swarm.wait_for(lambda s: s["healthy"] and s["services"]["services"]["restarts"] == 1
+                   and s["services"]["probe"]["pid"] != probe_pid, what="services subtree back")
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(probe_pid) and psutil.Process(probe_pid).status() != "zombie":
+        assert time.monotonic() < deadline, "the old probe outlived its killed supervisor"
+        time.sleep(0.05)
+
+
+def test_restart_intensity_exceeded_escalates_to_the_parent(make_swarm):
+    swarm = make_swarm({"supervision": {"services": {"max_restarts": 2, "within_s": 60}}})
+    swarm.start()
+    for kill in range(3):
+        pid = swarm.service("probe")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        if kill < 2:
+            swarm.wait_for(lambda s, pid=pid: s["services"]["probe"]["pid"] not in (None, pid)
+                           and s["services"]["probe"]["state"] == "running", what="restart")
+    # the third crash exceeds 2 restarts in 60 s: "services" gives up and root restarts it
+    status = swarm.wait_for(lambda s: s["services"]["services"]["restarts"] == 1 and s["healthy"]
+                            and s["services"]["probe"]["pid"] != pid, what="escalation")
+    assert status["services"]["probe"]["restarts"] == 0  # a fresh supervisor, fresh history
+
+
+def test_restart_command_restarts_one_service(swarm):
+    before = swarm.status()
+    out = swarm.cli("restart", "probe").stdout
+    assert "probe restarted" in out
+    after = swarm.status()
+    assert after["services"]["probe"]["pid"] != before["services"]["probe"]["pid"]
+    assert after["services"]["probe"]["restarts"] == 1
+    assert after["services"]["health"]["pid"] == before["services"]["health"]["pid"]
+    bad = swarm.cli("restart", "nosuch", check=False)
+    assert bad.returncode != 0 and "no service named 'nosuch'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_stop_with_a_hung_actor_finishes_and_leaves_nothing(make_swarm):
+    swarm = make_swarm({"health": {"timeout_s": 60}})  # the stop timeout, not the poll, kills it
+    swarm.start()
+    assert swarm.processes()
+    swarm.tell("probe", protocol.TEST_HANG.encode())
+    t0 = time.monotonic()
+    out = swarm.cli("stop", "--timeout", "1", "--json")
+    assert time.monotonic() - t0 < 15
+    assert not swarm.processes()
+    assert "probe" in out.stdout  # reported as killed
+
+
+def test_cli_without_a_running_swarm_says_so_and_starts_nothing(make_swarm):
+    swarm = make_swarm()
+    for args in (["status"], ["stop"], ["restart", "probe"]):
+        proc = swarm.cli(*args, check=False)
+        assert proc.returncode != 0
+        assert proc.stderr.strip() == f"swarm: no swarm running on 127.0.0.1:{swarm.port}"
+    assert not swarm.processes()
+
+
+def test_start_when_already_running_is_a_clear_error(swarm):
+    proc = swarm.cli("start", "-d", check=False)
+    assert proc.returncode != 0
+    assert "already running" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_swarm_socket_listens_on_loopback_only(swarm):
+    listening = []
+    for proc in swarm.processes():
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                listening.append(conn.laddr.ip)
+    assert listening and set(listening) == {"127.0.0.1"}
+
+
+def test_config_failure_parks_the_service_without_a_restart_loop(make_swarm):
+    swarm = make_swarm({"services": {"probe": {"options": {"fail_start": "no token configured"}}}})
+    proc = swarm.cli("start", "-d", "--wait", "3", check=False)
+    assert proc.returncode != 0 and "no token configured" in proc.stderr
+    status = swarm.status()
+    probe = status["services"]["probe"]
+    assert probe["state"] == "failed" and "no token configured" in probe["detail"]
+    time.sleep(1)
+    assert swarm.service("probe")["restarts"] == 0
+
+
+def test_foreground_start_stops_cleanly_on_ctrl_c(make_swarm):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    swarm = make_swarm()
+    proc = subprocess.Popen([sys.executable, "-m", "system.cli", "start", "-c",
+                             str(swarm.config_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        swarm.wait_for(lambda s: s["healthy"], timeout=20, what="foreground swarm")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "swarm stopped" in out
+    assert not swarm.processes()

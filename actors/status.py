@@ -85,7 +85,7 @@ class Entry:
             "rss_bytes": self.rss_bytes if running else 0,
             "uss_bytes": self.uss_bytes if running else 0,
             "cpu_percent": self.cpu_percent if running else 0.0,
-            "detail": self.detail or (self.last_error if not running else ""),
+            "detail": self.detail if running else (self.last_error or self.detail),
             "last_error": self.last_error, "parent": self.parent, "kind": self.kind,
             "depends_on": self.depends_on, "errors": self.errors,
         }

@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import time
+import traceback
 from pathlib import Path
 
 LOG_FILE = "swarm.log"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-_logger = logging.getLogger("swarm")
 
 
 class JsonFormatter(logging.Formatter):
@@ -77,7 +77,7 @@ def log_defs(data_dir: str | Path, level: str = "info", max_bytes: int = 10 * 10
         "handlers": {"file": {
             "class": "logging.handlers.RotatingFileHandler",
             "filename": str(logs / LOG_FILE), "maxBytes": max_bytes, "backupCount": backups,
-            "formatter": "json", "filters": ["redact"], "level": "DEBUG",
+            "formatter": "json", "filters": ["redact"],
         }},
         "root": {"handlers": ["file"], "level": _LEVELS.get(level, logging.INFO)},
     }
@@ -92,9 +92,16 @@ def prepare_log_dir(data_dir: str | Path) -> Path:
     return logs
 
 
-def log(level: str, service: str, event: str, msg: str, **fields) -> None:
-    """Log one structured record; ``fields`` become JSON keys."""
-    _logger.log(_LEVELS.get(level, logging.INFO), msg,
+def log(level: str, service: str, event: str, msg: str, *,
+        exc: BaseException | None = None, **fields) -> None:
+    """Log one structured record; ``fields`` become JSON keys, ``exc`` a ``traceback`` field
+    (formatted here: tracebacks do not cross to Thespian's logger process)."""
+    fields = {(f"field_{k}" if k in _STANDARD else k): v for k, v in fields.items()}
+    if exc is not None:
+        fields["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
+    # logging.root, looked up per call: inside an actor Thespian replaces it with its forwarder
+    # after fork, and loggers created before the fork would still point at the old root.
+    logging.root.log(_LEVELS.get(level, logging.INFO), msg,
                 extra={"service": service, "event": event, **fields})
 
 

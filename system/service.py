@@ -163,6 +163,10 @@ class SwarmActor(Actor):
                          detail=str(message.details)[:200])
             else:
                 self.on_system_message(message, sender)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not become a PoisonMessage loop
+            self.errors.record("fatal", f"{type(exc).__name__}: {exc}")
+            self.log("error", "internal_error", f"{type(message).__name__} handling failed: "
+                     f"{type(exc).__name__}: {exc}", exc=exc)
         finally:
             self._current = None
         if self.bridge is not None and self.bridge.running:
@@ -218,7 +222,7 @@ class SwarmActor(Actor):
             self.reply_error(sender, env, "config", text)
             self.fail(text)
         else:
-            self.log("error", "crash", f"{type(exc).__name__}: {text}", type=env.t, exc_info=exc)
+            self.log("error", "crash", f"{type(exc).__name__}: {text}", type=env.t, exc=exc)
             self.reply_error(sender, env, "internal", f"{type(exc).__name__}: {text}")
             self.send(self.myAddress, ActorExitRequest())
 
@@ -230,7 +234,7 @@ class SwarmActor(Actor):
             except Exception as exc:  # noqa: BLE001
                 kind = classify(exc)
                 self.errors.record(kind, str(exc))
-                self.log("error", "tick_error", f"{type(exc).__name__}: {exc}", exc_info=exc)
+                self.log("error", "tick_error", f"{type(exc).__name__}: {exc}", exc=exc)
             if self.tick_s:
                 self.wakeupAfter(datetime.timedelta(seconds=self.tick_s), payload="tick")
         elif isinstance(payload, tuple) and payload and payload[0] == "retry":
@@ -244,7 +248,7 @@ class SwarmActor(Actor):
                 self.on_event(event)
             except Exception as exc:  # noqa: BLE001
                 self.errors.record(classify(exc), str(exc))
-                self.log("error", "event_error", f"{type(exc).__name__}: {exc}", exc_info=exc)
+                self.log("error", "event_error", f"{type(exc).__name__}: {exc}", exc=exc)
 
     def _stopping(self) -> None:
         try:

@@ -80,6 +80,7 @@ class Swarm:
         with connect(self.config).private() as ctx:
             reply = ctx.ask(protocol.address_from_wire(found["addr"]), data, timeout)
         assert reply is not None, f"{name} did not answer {mtype.name}"
+        assert isinstance(reply, bytes), f"{name} answered {mtype.name} with {reply!r}"
         return protocol.decode(reply)
 
     def tell(self, name: str, data: bytes) -> None:
@@ -123,6 +124,15 @@ def make_swarm(tmp_path):
     yield make
     for swarm in made:
         swarm.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared_swarm(tmp_path_factory) -> Swarm:
+    """One running swarm for a whole module of tests that do not break it."""
+    s = Swarm(tmp_path_factory.mktemp("shared"))
+    s.start()
+    yield s
+    s.cleanup()
 
 
 @pytest.fixture

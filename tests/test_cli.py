@@ -1,0 +1,88 @@
+"""The `swarm` CLI end to end: logs, config check/show, option placement, clean errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from tests.conftest import ROOT
+
+
+def test_logs_show_structured_records_filtered_by_service_and_level(shared_swarm):
+    human = shared_swarm.cli("logs").stdout
+    assert "started" in human and "probe" in human
+    lines = shared_swarm.cli("logs", "probe", "--json").stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and {r["service"] for r in records} == {"probe"}
+    assert all({"ts", "level", "actor", "pid", "event", "msg"} <= set(r) for r in records)
+    errors = shared_swarm.cli("logs", "--level", "error", "--json").stdout.splitlines()
+    assert all(json.loads(line)["level"] == "error" for line in errors)
+
+
+def test_logs_follow_prints_new_records(shared_swarm):
+    proc = subprocess.Popen([sys.executable, "-m", "system.cli", "logs", "-f", "--json", "-c",
+                             str(shared_swarm.config_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(1.0)
+        shared_swarm.cli("restart", "probe")
+        deadline = time.monotonic() + 10
+        seen = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if '"manual_restart"' in line:
+                break
+        assert any('"manual_restart"' in line for line in seen)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_thespian_internal_log_stays_out_of_tmp(make_swarm, tmp_path):
+    swarm = make_swarm()
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    swarm.cli("start", "-d", "--wait", "20", env={"TMPDIR": str(tmp)})
+    swarm.cli("stop")
+    assert not (tmp / "thespian.log").exists()
+    assert (swarm.dir / "data" / "logs" / "swarm.log").exists()
+
+
+def test_config_check_accepts_the_packaged_defaults():
+    proc = subprocess.run([sys.executable, "-m", "system.cli", "config", "check"], cwd=ROOT,
+                          capture_output=True, text=True, check=False, env={"PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "config ok" in proc.stdout
+
+
+def test_config_check_lists_every_error_with_its_key_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("system:\n  admin_port: lots\nservices:\n  queue:\n    batchmax: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "system.cli", "config", "check", "-c", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert "system.admin_port" in proc.stderr and "batchmax" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_show_redacts_secrets_and_names_sources(tmp_path):
+    cfg = tmp_path / "swarm.yaml"
+    cfg.write_text("services:\n  probe:\n    actor: actors.probe:Probe\n"
+                   "    options:\n      token: ${env:PROBE_TOKEN}\n")
+    env = {"PROBE_TOKEN": "hunter2-secret", "PATH": "/usr/bin"}
+    for args in (["config", "show"], ["--json", "config", "show"]):
+        proc = subprocess.run([sys.executable, "-m", "system.cli", *args, "-c", str(cfg)],
+                              cwd=ROOT, capture_output=True, text=True, check=False, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "hunter2-secret" not in proc.stdout and "***" in proc.stdout
+    assert str(cfg) in proc.stdout
+
+
+def test_unknown_command_and_missing_config_are_one_line_errors(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "system.cli", "status", "-c",
+                           str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,58 @@
+"""Structured logging: JSON records, secret redaction, human rendering, error classes."""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+
+from system.errors import ConfigError, PermanentError, TransientError, classify
+from system.logs import JsonFormatter, RedactFilter, format_line, log_defs
+
+
+def _record(msg: str, **extra) -> logging.LogRecord:
+    record = logging.LogRecord("swarm", logging.WARNING, __file__, 1, msg, None, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_records_are_json_lines_with_the_documented_fields():
+    line = JsonFormatter().format(_record("queue is slow", service="queue", event="slow",
+                                          depth=12))
+    rec = json.loads(line)
+    assert {"ts", "level", "service", "actor", "pid", "event", "msg"} <= set(rec)
+    assert (rec["service"], rec["event"], rec["msg"], rec["depth"]) == (
+        "queue", "slow", "queue is slow", 12)
+
+
+def test_redaction_removes_secret_values_from_message_and_fields():
+    record = _record("login with tok-123 failed", service="discord", header="Bot tok-123")
+    RedactFilter(["tok-123"]).filter(record)
+    line = JsonFormatter().format(record)
+    assert "tok-123" not in line and line.count("***") == 2
+
+
+def test_log_defs_point_at_data_dir_and_carry_the_redaction_filter():
+    defs = log_defs("/data", "debug", 1000, 2, ["s3cret"])
+    handler = defs["handlers"]["file"]
+    assert handler["filename"] == "/data/logs/swarm.log" and handler["backupCount"] == 2
+    assert defs["filters"]["redact"]["secrets"] == ["s3cret"]
+
+
+def test_format_line_renders_humans_and_skips_non_records():
+    text = format_line(json.dumps({"ts": 0, "level": "error", "service": "gas",
+                                   "event": "stall", "msg": "Agent-2 stalled", "agent": "A2"}))
+    assert "ERROR" in text and "gas" in text and "Agent-2 stalled" in text and "agent=A2" in text
+    assert format_line("not json") is None and format_line("[1]") is None
+
+
+def test_exceptions_map_to_recovery_classes():
+    assert classify(TimeoutError()) == "transient"
+    assert classify(ConnectionResetError()) == "transient"
+    assert classify(sqlite3.OperationalError("database is locked")) == "transient"
+    assert classify(sqlite3.OperationalError("no such table")) == "fatal"
+    assert classify(ValueError()) == "permanent"
+    assert classify(PermanentError("x")) == "permanent"
+    assert classify(TransientError("x")) == "transient"
+    assert classify(ConfigError(["a", "b"])) == "config"
+    assert classify(RuntimeError()) == "fatal"

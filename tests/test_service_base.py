@@ -1,0 +1,79 @@
+"""The service base on a real swarm: bad input, error classes and recovery, the asyncio bridge."""
+from __future__ import annotations
+
+import time
+
+import msgpack
+
+from system import protocol
+
+
+def test_asyncio_thread_burst_of_3000_events_all_arrive_in_order(shared_swarm):
+    before = shared_swarm.ask("probe", protocol.TEST_EVENTS).b["count"]
+    assert shared_swarm.ask("probe", protocol.TEST_BURST, {"n": 3000}).t == "ok"
+    deadline = time.monotonic() + 20
+    while True:
+        got = shared_swarm.ask("probe", protocol.TEST_EVENTS).b
+        if got["count"] >= before + 3000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert got["count"] == before + 3000
+    assert got["in_order"] is True
+
+
+def test_malformed_and_unknown_messages_get_error_replies_and_are_counted(shared_swarm):
+    pid = shared_swarm.service("probe")["pid"]
+    garbage = shared_swarm.ask("probe", protocol.OK, None)  # a reply type nobody asked for
+    assert garbage is not None
+    for data, code in ((b"\x93\x01\x02", "bad_message"),
+                       (msgpack.packb({"t": "no.such", "id": "x1", "ts": 1.0, "b": {}}),
+                        "unknown_type"),
+                       (protocol.TEST_RAISE.encode({"kind": 7}), "bad_message"),
+                       (protocol.HEALTH_SAMPLE.encode({"pids": {}}), "unknown_type")):
+        reply = _raw_ask(shared_swarm, "probe", data)
+        assert reply.t == "error" and reply.b["code"] == code, (data, reply)
+    assert shared_swarm.service("probe")["pid"] == pid
+    pong = shared_swarm.ask("probe", protocol.HEALTH_PING)
+    assert pong.b["errors"]["by_class"].get("permanent", 0) >= 2
+
+
+def _raw_ask(swarm, name, data: bytes) -> protocol.Envelope:
+    from system.admin import AdminClient
+    from system.launcher import connect
+
+    found = AdminClient(swarm.config).call(protocol.ADMIN_LOOKUP, {"name": name})
+    with connect(swarm.config).private() as ctx:
+        return protocol.decode(ctx.ask(protocol.address_from_wire(found["addr"]), data, 10))
+
+
+def test_permanent_error_is_answered_and_the_actor_keeps_running(shared_swarm):
+    pid = shared_swarm.service("probe")["pid"]
+    for kind in ("permanent", "value"):
+        reply = shared_swarm.ask("probe", protocol.TEST_RAISE, {"kind": kind})
+        assert reply.t == "error" and reply.b["code"] == "permanent"
+    assert shared_swarm.service("probe")["pid"] == pid
+
+
+def test_transient_error_is_retried_until_it_succeeds(shared_swarm):
+    reply = shared_swarm.ask("probe", protocol.TEST_RAISE, {"kind": "transient_then_ok",
+                                                           "times": 3})
+    assert reply.t == "ok" and reply.b == {"recovered": True}
+
+
+def test_fatal_error_answers_then_the_supervisor_restarts_the_actor(swarm):
+    before = swarm.service("probe")
+    reply = swarm.ask("probe", protocol.TEST_RAISE, {"kind": "fatal"})
+    assert reply.t == "error" and reply.b["code"] == "internal"
+    after = swarm.wait_for(lambda s: s["services"]["probe"]["restarts"] == 1
+                           and s["services"]["probe"]["healthy"], what="probe restarted")
+    assert after["services"]["probe"]["pid"] != before["pid"]
+
+
+def test_config_error_in_a_handler_parks_the_service_as_failed(swarm):
+    reply = swarm.ask("probe", protocol.TEST_RAISE, {"kind": "config"})
+    assert reply.t == "error" and reply.b["code"] == "config"
+    status = swarm.wait_for(lambda s: s["services"]["probe"]["state"] == "failed",
+                            what="probe failed")
+    assert "probe raised config" in status["services"]["probe"]["detail"]
+    time.sleep(0.5)
+    assert swarm.service("probe")["restarts"] == 0  # no restart loop

@@ -5,17 +5,27 @@ supervisor) and answers the requester with ``ok`` or ``error``, correlated by me
 """
 from __future__ import annotations
 
+import time
+
 from thespian.actors import ActorExitRequest
 
+from actors.reload import ConfigWatcher
 from system import protocol
 from system.service import ServiceActor, handles
 
 REQUEST_TIMEOUT_S = 10.0
+QUEUE_CACHE_S = 2.0  # < the client's 3 s attempt timeout: a stale address heals on its retry
+_QUEUE_OPS = {"stats": protocol.QUEUE_STATS, "dlq": protocol.QUEUE_DLQ,
+              "requeue": protocol.QUEUE_REQUEUE, "purge": protocol.QUEUE_PURGE}
 
 
 class Admin(ServiceActor):
     kind = "core"
     tick_s = 1.0
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._queue = None  # (queue address, looked up at) for queue commands
 
     def _registry_addr(self):
         return protocol.address_from_wire(self.registry) if self.registry else None
@@ -45,8 +55,15 @@ class Admin(ServiceActor):
     def _status(self, env, sender) -> None:
         if self._not_ready(sender, env):
             return
-        self.request(self._registry_addr(), protocol.REGISTRY_STATUS, None,
-                     self._answer(sender, env, "registry status"), REQUEST_TIMEOUT_S)
+        reload_state = self.watcher.last.view() if self.watcher.last else None
+
+        def done(reply):
+            if reply is not None and reply.t != "error":
+                reply.b["config"] = {"file": self.config_file, "last_reload": reload_state}
+            self._answer(sender, env, "registry status")(reply)
+
+        self.request(self._registry_addr(), protocol.REGISTRY_STATUS, None, done,
+                     REQUEST_TIMEOUT_S)
 
     @handles(protocol.ADMIN_RESTART)
     def _restart(self, env, sender) -> None:
@@ -80,3 +97,88 @@ class Admin(ServiceActor):
             return
         self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": env.b["name"]},
                      self._answer(sender, env, "lookup"), REQUEST_TIMEOUT_S)
+
+    # -- queue commands: found through the registry, address cached briefly ------------------
+    def _to_queue(self, sender, env, mtype: protocol.MessageType, body: dict, what: str) -> None:
+        if self._not_ready(sender, env):
+            return
+        if self._queue is not None and time.monotonic() - self._queue[1] < QUEUE_CACHE_S:
+            self._forward_queue(self._queue[0], sender, env, mtype, body, what)
+            return
+
+        def found(reply):
+            if reply is None or reply.t == "error":
+                self._answer(sender, env, "lookup of the queue")(reply)
+                return
+            state, addr = reply.b.get("state"), reply.b.get("addr")
+            if state != "running" or not addr:
+                code = "not_ready" if state in ("starting", "restarting") else "queue_unavailable"
+                self.reply_error(sender, env, code, f"the queue service is {state}")
+                return
+            self._queue = (protocol.address_from_wire(addr), time.monotonic())
+            self._forward_queue(self._queue[0], sender, env, mtype, body, what)
+
+        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": "queue"}, found,
+                     REQUEST_TIMEOUT_S)
+
+    def _forward_queue(self, addr, sender, env, mtype, body, what) -> None:
+        answer = self._answer(sender, env, what)
+
+        def done(reply):
+            if reply is None:
+                self._queue = None
+            answer(reply)
+        self.request(addr, mtype, body, done, REQUEST_TIMEOUT_S)
+
+    @handles(protocol.ADMIN_SEND)
+    def _send(self, env, sender) -> None:
+        self._to_queue(sender, env, protocol.QUEUE_ENQUEUE, {"items": env.b["items"]}, "enqueue")
+
+    @handles(protocol.ADMIN_QUEUE)
+    def _queue_op(self, env, sender) -> None:
+        op = env.b["op"]
+        if op not in _QUEUE_OPS:
+            self.reply_error(sender, env, "bad_request", f"unknown queue command {op!r}; "
+                             f"expected one of {', '.join(_QUEUE_OPS)}")
+            return
+        body = {k: v for k, v in env.b.items() if k != "op"}
+        self._to_queue(sender, env, _QUEUE_OPS[op], body, f"queue {op}")
+
+    # -- configuration reload ---------------------------------------------------------------------
+    def on_start(self) -> None:
+        self.watcher = ConfigWatcher(self.config_file, self.config)
+
+    def on_tick(self) -> None:
+        if self.watcher.due(time.time()) and self.watcher.changed_on_disk():
+            self.log("info", "config_file_changed", f"{self.config_file} changed; reloading")
+            self._reload()
+
+    @handles(protocol.ADMIN_RELOAD)
+    def _reload_command(self, env, sender) -> None:
+        if self._not_ready(sender, env):
+            return
+        outcome = self._reload()
+        if outcome.ok:
+            self.reply(sender, env, protocol.OK, outcome.view())
+        else:
+            self.reply_error(sender, env, "config", "; ".join(outcome.errors))
+
+    def _reload(self):
+        """Validate first; apply only a valid config (the old one stays in force otherwise)."""
+        outcome = self.watcher.reload()
+        if not outcome.ok:
+            self.log("error", "reload_rejected", "new config rejected; the old one stays in "
+                     "force", errors=outcome.errors)
+            self.alert("warning", "config reload rejected", "; ".join(outcome.errors)[:1000],
+                       key="config:rejected")
+            return outcome
+        summary = outcome.summary
+        if summary["needs_full_restart"]:
+            self.log("warning", "reload_partial", "these keys apply only after `swarm stop` and "
+                     "`swarm start`: " + ", ".join(summary["needs_full_restart"]))
+        if not summary["empty"] and self.root:
+            self.send(protocol.address_from_wire(self.root),
+                      protocol.TREE_RECONFIGURE.encode({"config": outcome.config}))
+        self.log("info", "reloaded", "config reloaded", **{k: v for k, v in summary.items()
+                                                           if v and k != "empty"})
+        return outcome

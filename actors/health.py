@@ -61,3 +61,4 @@ class HealthMonitor(ServiceActor):
         except ProcessLookupError:
             return
         self.send(registry, protocol.REGISTRY_NOTE.encode({"name": name, "error": reason}))
+        self.alert("error", f"{name} over its memory limit", reason, key=f"{name}:rss")

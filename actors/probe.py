@@ -24,6 +24,7 @@ class Probe(ServiceActor):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.events: list = []
+        self.alerts: list = []
         self.transient_left = 0
 
     def on_start(self) -> None:
@@ -72,7 +73,12 @@ class Probe(ServiceActor):
         self.bridge.call(push())
         self.reply(sender, env, protocol.OK, {"scheduled": n})
 
+    @handles(protocol.ALERT)
+    def alert_sink(self, env, sender) -> None:
+        self.alerts.append(env.b)
+
     @handles(protocol.TEST_EVENTS)
     def events_(self, env, sender) -> None:
-        self.reply(sender, env, protocol.OK, {"count": len(self.events),
-                                             "in_order": self.events == list(range(len(self.events)))})
+        self.reply(sender, env, protocol.OK, {
+            "count": len(self.events), "in_order": self.events == list(range(len(self.events))),
+            "alerts": self.alerts})

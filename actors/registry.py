@@ -12,6 +12,7 @@ import os
 import signal
 import time
 
+from actors.alerts import AlertRouter, alert
 from actors.status import Entry, snapshot
 from system import protocol
 from system.service import ServiceActor, handles
@@ -25,13 +26,40 @@ class Registry(ServiceActor):
         self.entries: dict[str, Entry] = {}
         self.pings: dict[str, tuple[str, float]] = {}
         self.last_sample = 0.0
+        self.alerts = AlertRouter()
+        self.sinks: list[str] = []
 
     def on_start(self) -> None:
-        health = self.config.get("health", {})
+        self.registry = protocol.address_to_wire(self.myAddress)
+        self._settings()
+
+    def on_config_changed(self, old: dict, changed: set[str]) -> None:
+        self._settings()
+
+    def _settings(self) -> None:
+        health, alerts = self.config.get("health", {}), self.config.get("alerts", {})
         self.tick_s = float(health.get("poll_interval_s", 1.0))
         self.timeout_s = float(health.get("timeout_s", 3.0))
         self.sample_s = float(health.get("sample_interval_s", 5.0))
-        self.registry = protocol.address_to_wire(self.myAddress)
+        self.alerts.configure(float(alerts.get("window_s", 60.0)),
+                              alerts.get("min_severity", "warning"))
+        self.sinks = list(alerts.get("sinks", []))
+
+    # -- alerts ------------------------------------------------------------------------------
+    @handles(protocol.ALERT)
+    def _alert(self, env, sender) -> None:
+        self._route(self.alerts.submit(dict(env.b), time.time()))
+
+    def _route(self, emitted: list[dict]) -> None:
+        """Every alert goes to the log; a copy goes to each sink service that is running."""
+        for body in emitted:
+            self.log("warning" if body["severity"] in ("info", "warning") else "error",
+                     "alert", body["summary"], alert_service=body["service"],
+                     severity=body["severity"], count=body["count"], details=body["details"])
+            for sink in self.sinks:
+                entry = self.entries.get(sink)
+                if entry is not None and entry.state == "running" and entry.addr:
+                    self.send(protocol.address_from_wire(entry.addr), protocol.ALERT.encode(body))
 
     @handles(protocol.REGISTRY_UPDATE)
     def _update(self, env, sender) -> None:
@@ -72,11 +100,13 @@ class Registry(ServiceActor):
 
     @handles(protocol.REGISTRY_STATUS)
     def _status(self, env, sender) -> None:
-        self.reply(sender, env, protocol.REGISTRY_SNAPSHOT, snapshot(self.entries, time.time()))
+        self.reply(sender, env, protocol.REGISTRY_SNAPSHOT,
+                   {**snapshot(self.entries, time.time()), "alerts": self.alerts.recent[-10:]})
 
     # -- health polling -------------------------------------------------------------------
     def on_tick(self) -> None:
         now = time.time()
+        self._route(self.alerts.flush(now))
         for ping_id, (name, sent) in list(self.pings.items()):
             if now - sent > self.timeout_s:
                 del self.pings[ping_id]
@@ -117,6 +147,8 @@ class Registry(ServiceActor):
             except ProcessLookupError:
                 pass
         entry.set_error(cause, time.time())
+        self._route(self.alerts.submit(alert("error", name, "unresponsive", cause,
+                                             key=f"{name}:unresponsive"), time.time()))
 
     def _forget_pings(self, name: str) -> None:
         for ping_id in [p for p, (n, _) in self.pings.items() if n == name]:

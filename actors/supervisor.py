@@ -6,6 +6,7 @@ reverse order on ``tree.stop`` (SIGKILL after each child's shutdown timeout).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -37,7 +38,9 @@ class Child:
     started_at: float = 0.0
     last_error: str = ""
     kill_reason: str = ""
-    manual_restarts: int = 0
+    restarts_carried: int = 0
+    """Restarts the current policy does not count: manual ones, and those of replaced policies."""
+    removed: bool = False
 
 
 def _wait(seconds: float) -> datetime.timedelta:
@@ -64,8 +67,10 @@ class Supervisor(SwarmActor):
     # -- start -----------------------------------------------------------------------
     @handles(protocol.SVC_INIT)
     def _init(self, env, sender) -> None:
-        self.name, self.config = env.b["name"], env.b["config"]
-        self.registry = env.b.get("registry")
+        self.name = env.b["name"]
+        self.adopt_config(env.b)
+        if self.name == ROOT:
+            self.root = protocol.address_to_wire(self.myAddress)
         self.parent, self.boot_env = sender, env
         try:
             defs = children_of(self.name, self.config)
@@ -101,7 +106,8 @@ class Supervisor(SwarmActor):
         child.state = "starting"
         child.addr = self.createActor(child.d.actor)
         self.send(child.addr, protocol.SVC_INIT.encode(
-            {"name": child.d.spec.name, "config": self.config, "registry": self.registry}))
+            {"name": child.d.spec.name, "config": self.config, "registry": self.registry,
+             "root": self.root, "config_file": self.config_file}))
         self.wakeupAfter(_wait(START_TIMEOUT_S), payload=("start_timeout", child.d.spec.name,
                                                           child.gen))
 
@@ -156,7 +162,10 @@ class Supervisor(SwarmActor):
             self.stopping.discard(name)
             if was in ("running", "starting", "stopping", "restarting"):
                 child.state = "stopped"
-            self._report(child)
+            if child.removed:
+                self._forget(name)
+            else:
+                self._report(child)
             self._continue()
             return
         if was == "starting":  # crashed before confirming: counts like any crash (no loops)
@@ -165,6 +174,8 @@ class Supervisor(SwarmActor):
         child.last_error, child.kill_reason = child.kill_reason or EXITED, ""
         self.log("warning", "child_exited", decision.reason, child=name, action=decision.action)
         if decision.action == "escalate":
+            self.alert("critical", f"{self.name} gave up after {name} crashed",
+                       decision.reason, key=f"{self.name}:escalate")
             self._escalate(decision.reason)
             return
         if decision.action == "ignore":
@@ -173,6 +184,8 @@ class Supervisor(SwarmActor):
             return
         child.state = "restarting"
         self._report(child)
+        self.alert("warning", f"{name} restarted", f"{child.last_error}; {decision.reason}",
+                   key=f"{name}:restart")
         self._stop_children(decision.stop)
         if decision.delay_s > 0:
             self.wakeupAfter(_wait(decision.delay_s), payload=("restart", decision.start))
@@ -264,6 +277,96 @@ class Supervisor(SwarmActor):
             self.log("info", "stopping", f"{self.name} stopping children in reverse order")
         self._continue()
 
+    # -- reconfiguration -------------------------------------------------------------------------
+    @handles(protocol.TREE_RECONFIGURE)
+    def _reconfigure(self, env, sender) -> None:
+        """Apply a validated config: new policies here, config.changed to running children (a
+        child that cannot apply it live is restarted), services added/removed/flipped."""
+        old, new = self.config, env.b["config"]
+        self.adopt_config(env.b)
+        self.policy.update_spec(policy_of(self.name, new))
+        if self.name == "services":
+            self._resync_services(old, new)
+        for child in self.children.values():
+            if child.addr is None or child.state != "running":
+                continue
+            if child.d.kind == "supervisor":
+                self.send(child.addr, protocol.TREE_RECONFIGURE.encode({"config": new}))
+            elif child.d.kind == "core":
+                self._push_config(child, [])
+            else:
+                name = child.d.spec.name
+                before, after = old["services"].get(name, {}), new["services"].get(name, {})
+                changed = sorted(k for k in before.keys() | after.keys()
+                                 if before.get(k) != after.get(k))
+                if changed:
+                    self._push_config(child, changed)
+        self._report_all()
+
+    def _push_config(self, child: Child, changed: list[str]) -> None:
+        name = child.d.spec.name
+
+        def answered(reply):
+            if reply is None or reply.t != "ok" or not reply.b.get("applied"):
+                self.log("info", "reconfigure", f"restarting {name} to apply its new config",
+                         child=name, keys=changed)
+                self._restart_child(name)
+
+        self.request(child.addr, protocol.CONFIG_CHANGED,
+                     {"config": self.config, "changed": changed}, answered, timeout_s=5.0)
+
+    def _resync_services(self, old: dict, new: dict) -> None:
+        defs = {d.spec.name: d for d in children_of(self.name, new)}
+        gone = set(self.disabled) - set(services(new)[1]) - set(defs)
+        self.disabled = services(new)[1]
+        for name in gone:  # was disabled, now deleted from the file
+            self._forget(name)
+        for name, child in list(self.children.items()):
+            if name not in defs:
+                self.log("info", "service_removed", f"{name} removed or disabled", child=name)
+                child.removed = True
+                if child.addr is not None:
+                    self._stop_children([name])
+                else:
+                    self._forget(name)
+            elif defs[name].actor != child.d.actor:
+                child.d = defs[name]
+                self._restart_child(name)
+            else:
+                child.d = defs[name]
+        added = [n for n in defs if n not in self.children]
+        self.children = {n: self.children.get(n) or Child(defs[n]) for n in defs} | {
+            n: c for n, c in self.children.items() if n not in defs}
+        previous = self.policy
+        self.policy = RestartPolicy(previous.spec, [c.d.spec for c in self.children.values()])
+        for n, c in self.children.items():
+            if n in previous.running:
+                self.policy.child_started(n, time.monotonic())
+            with contextlib.suppress(KeyError):
+                c.restarts_carried += previous.restart_count(n)
+        if added:
+            self.log("info", "services_added", f"starting {', '.join(added)}", children=added)
+            self._queue_start(added)
+
+    def _forget(self, name: str) -> None:
+        self.children.pop(name, None)
+        if name in self.disabled:
+            self._send_registry({"name": name, "state": "disabled", "parent": self.name,
+                                 "kind": "service", "detail": "disabled in config"})
+        elif self.registry:
+            self.send(protocol.address_from_wire(self.registry),
+                      protocol.REGISTRY_REMOVE.encode({"name": name}))
+
+    def _restart_child(self, name: str) -> None:
+        child = self.children[name]
+        child.restarts_carried += 1
+        if child.addr is not None:
+            self._stop_children([name])
+            if name not in self.to_start:
+                self.to_start.append(name)
+        else:
+            self._queue_start([name])
+
     @handles(protocol.TREE_STOPPED)
     def _subtree_stopped(self, env, sender) -> None:
         self.killed.extend(env.b.get("killed", []))
@@ -275,19 +378,19 @@ class Supervisor(SwarmActor):
         if child is None:
             self.reply_error(sender, env, "unknown_service", f"{self.name} has no child {name!r}")
             return
-        child.manual_restarts += 1
         child.last_error = ""
         self.restart_waiters.setdefault(name, []).append((sender, env))
         self.log("info", "manual_restart", f"restart of {name} requested", child=name)
-        if child.addr is not None:
-            self._stop_children([name])
-            self.to_start.append(name)
-        else:
-            self._queue_start([name])
+        self._restart_child(name)
 
     @handles(protocol.TREE_LOOKUP)
     def _tree_lookup(self, env, sender) -> None:
         """Entry point for external clients (the CLI finds the admin through the root)."""
+        if self.policy is None:  # created by the client's name lookup: the real root is gone
+            self.reply_error(sender, env, "no_tree", "the swarm's root supervisor is gone; "
+                             "run `swarm stop`, then `swarm start`")
+            self.send(self.myAddress, ActorExitRequest())
+            return
         if not self.registry:
             self.reply_error(sender, env, "not_ready", "the registry is not up yet; retry")
             return
@@ -332,7 +435,7 @@ class Supervisor(SwarmActor):
         self._send_registry({
             "name": name, "state": child.state, "parent": self.name, "kind": child.d.kind,
             "pid": child.pid, "started_at": child.started_at, "last_error": child.last_error,
-            "restarts": self.policy.restart_count(name) + child.manual_restarts,
+            "restarts": self.policy.restart_count(name) + child.restarts_carried,
             "generic_error": child.last_error == EXITED,
             "addr": protocol.address_to_wire(child.addr) if child.state == "running" else None,
             "depends_on": list(child.d.spec.depends_on),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from system import protocol
-from system.launcher import ROOT_CLASS, ROOT_NAME, connect
+from system.launcher import ROOT_CLASS, ROOT_NAME, connect, read_pid_file
 
 ATTEMPT_TIMEOUT_S = 3.0
 _RETRYABLE = {"not_ready", "moved"}
@@ -29,6 +29,7 @@ class AdminError(Exception):
 
 class AdminClient:
     def __init__(self, config: dict, timeout: float = 15.0):
+        self.config = config
         self.asys = connect(config)
         self.timeout = timeout
         self._admin = None
@@ -53,6 +54,10 @@ class AdminClient:
                 time.sleep(0.05)
 
     def _root(self):
+        # The pid file appears once boot has created the root: looking the name up earlier
+        # would make Thespian create a second, rogue root that the launcher then adopts.
+        if read_pid_file(self.config) is None:
+            raise AdminError("not_ready", "the swarm is still starting")
         return self.asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
 
     def _ask(self, addr, mtype, body, deadline: float) -> dict:

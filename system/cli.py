@@ -38,11 +38,6 @@ def _config(args) -> Config:
     return load_config(getattr(args, "config", None))
 
 
-def _runtime(cfg: Config) -> dict:
-    """The config handed to the actor system: data plus the secrets the log filter redacts."""
-    return {**cfg.data, "_secret_values": sorted(cfg.secret_values)}
-
-
 def _emit(args, data, human) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -76,30 +71,41 @@ def cmd_start(args) -> int:
     host, port = admin_endpoint(cfg.data)
     if port_open(host, port):
         return _fail(f"a swarm is already running on {host}:{port}")
-    console = data_dir(cfg.data) / "logs" / "console.log"
     proc = spawn_boot(cfg.file, cfg.data)
+    if not args.detach:
+        return _foreground(cfg, args.wait, proc)
+    error = _booted(proc, cfg, args.wait)
+    if error:
+        return _fail(error)
     try:
-        code = proc.wait(timeout=args.wait + 60)
+        status = wait_healthy(cfg.data, args.wait)
+    except (AdminError, NotRunning) as exc:
+        return _fail(str(exc))
+    _emit(args, status, print_status)
+    return 0
+
+
+def _booted(proc: subprocess.Popen, cfg: Config, wait_s: float) -> str | None:
+    """Wait for the boot process; the reason it failed, or None."""
+    console = data_dir(cfg.data) / "logs" / "console.log"
+    try:
+        code = proc.wait(timeout=wait_s + 60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        return _fail(f"the swarm did not start within {args.wait:g}s; see {console}")
+        return f"the swarm did not start within {wait_s:g}s; see {console}"
     if code != 0:
-        return _fail(_last_line(console) or f"the swarm did not start; see {console}")
-    if args.detach:
-        try:
-            status = wait_healthy(cfg.data, args.wait)
-        except (AdminError, NotRunning) as exc:
-            return _fail(str(exc))
-        _emit(args, status, print_status)
-        return 0
-    return _foreground(cfg, args.wait)
+        return _last_line(console) or f"the swarm did not start; see {console}"
+    return None
 
 
-def _foreground(cfg: Config, wait_s: float) -> int:
-    """Show health, then the log, until Ctrl-C or SIGTERM; then stop everything."""
+def _foreground(cfg: Config, wait_s: float, boot_proc: subprocess.Popen) -> int:
+    """Show health, then the log, until Ctrl-C or SIGTERM (also during startup); then stop."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = 0
     try:
+        error = _booted(boot_proc, cfg, wait_s)
+        if error:
+            return _fail(error)
         print_status(wait_healthy(cfg.data, wait_s))
         print("swarm running in the foreground; Ctrl-C stops it", flush=True)
         color = sys.stdout.isatty()
@@ -110,7 +116,8 @@ def _foreground(cfg: Config, wait_s: float) -> int:
                 print(text, flush=True)
         code = _fail("the swarm went away")
     except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            boot_proc.wait(timeout=wait_s + 60)  # let a boot in progress finish, then stop it
     except (AdminError, NotRunning) as exc:
         code = _fail(str(exc))
     finally:
@@ -126,7 +133,7 @@ def cmd_boot(args) -> int:
     """Hidden: the detached launcher process. Boots the tree, then exits; the swarm lives on."""
     cfg = _config(args)
     try:
-        boot(_runtime(cfg))
+        boot(cfg.runtime())
     except (AlreadyRunning, RuntimeError) as exc:
         print(f"swarm: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -160,6 +167,88 @@ def cmd_restart(args) -> int:
     reply = AdminClient(cfg.data).call(protocol.ADMIN_RESTART, {"name": args.name})
     _emit(args, reply, lambda r: print(f"{args.name} restarted (pid {r.get('pid')})"))
     return 0
+
+
+# -- queue ----------------------------------------------------------------------------------------
+def cmd_send(args) -> int:
+    from actors.queue import commands as qc
+
+    cfg = _config(args)
+    if args.file:
+        if args.recipient or args.text is not None:
+            return _fail("give RECIPIENT TEXT or --file, not both")
+        try:
+            with open(args.file, encoding="utf-8", errors="replace") as handle:
+                items, rejected = qc.parse_jsonl(handle)
+        except OSError as exc:
+            return _fail(f"cannot read {args.file}: {exc.strerror}")
+        client = AdminClient(cfg.data)
+        report = qc.send_batches(lambda batch: client.call(protocol.ADMIN_SEND, {"items": batch}),
+                                 items, rejected, int(cfg.get("services.queue.batch_max", 500)))
+        _emit(args, report, qc.print_send_report)
+        return 1 if report["rejected"] else 0
+    if not args.recipient or args.text is None:
+        return _fail("send needs RECIPIENT and TEXT, or --file F.jsonl")
+    item = qc.text_item(args.recipient, args.text, priority=args.priority, type=args.type,
+                        id=args.id, sender=args.sender)
+    reply = AdminClient(cfg.data).call(protocol.ADMIN_SEND, {"items": [item]})
+    if reply["rejected"]:
+        return _fail(f"rejected: {reply['rejected'][0][1]}")
+    out = {"id": reply["ids"][0], "duplicate": bool(reply["duplicates"])}
+    _emit(args, out, lambda r: print(r["id"] + (" (duplicate: already accepted, not queued "
+                                                "again)" if r["duplicate"] else "")))
+    return 0
+
+
+def cmd_queue(args) -> int:
+    from actors.queue import commands as qc
+
+    cfg = _config(args)
+    op, body = args.queue_command, {}
+    if op == "dlq":
+        body = {"limit": args.limit}
+    elif op == "requeue":
+        if bool(args.ids) == bool(args.all):
+            return _fail("requeue needs message ids or --all (not both)")
+        body = {"all": True} if args.all else {"ids": args.ids}
+    elif op == "purge":
+        body = {"state": args.state, **({"recipient": args.recipient} if args.recipient else {})}
+    reply = AdminClient(cfg.data).call(protocol.ADMIN_QUEUE, {"op": op, **body})
+    if op == "stats":
+        _emit(args, reply, qc.print_stats)
+    elif op == "dlq":
+        reply["messages"] = qc.decode_payloads(reply["messages"])
+        _emit(args, reply, qc.print_dlq)
+    elif op == "requeue":
+        _emit(args, reply, lambda r: print(f"requeued {r['requeued']}"))
+        if reply["missing"]:
+            return _fail("not dead letters: " + ", ".join(reply["missing"]))
+    else:
+        where = f" of {args.recipient}" if args.recipient else ""
+        _emit(args, reply, lambda r: print(f"purged {r['purged']} {args.state} messages{where}"))
+    return 0
+
+
+def cmd_reload(args) -> int:
+    cfg = _config(args)  # validated here too: a bad file fails fast with every error
+    reply = AdminClient(cfg.data).call(protocol.ADMIN_RELOAD)
+    _emit(args, reply, _print_reload)
+    return 0
+
+
+def _print_reload(reply: dict) -> None:
+    summary = reply["summary"]
+    if summary.get("empty"):
+        print("config reloaded: nothing changed")
+        return
+    parts = [f"{what}: {', '.join(summary[what])}" for what in ("added", "removed")
+             if summary[what]]
+    parts += [f"changed {name} ({', '.join(keys)})" for name, keys in summary["changed"].items()]
+    parts += [what for what in ("supervision", "health", "alerts", "agents") if summary[what]]
+    print("config reloaded: " + ("; ".join(parts) or "system settings"))
+    if summary["needs_full_restart"]:
+        print("needs `swarm stop` + `swarm start` to apply: "
+              + ", ".join(summary["needs_full_restart"]))
 
 
 # -- logs -------------------------------------------------------------------------------------------
@@ -270,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON instead of a table")
     parser = argparse.ArgumentParser(prog="swarm", parents=[common],
                                      description="Supervised actor runtime for the swarm.")
+    parser.set_defaults(json=False, config=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_text, **kw):
@@ -288,12 +378,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="per-child stop timeout (default supervision.shutdown_timeout_s)")
     add("status", cmd_status, "show every supervised actor (exit 3 if unhealthy)")
+    add("reload", cmd_reload, "re-read the config file and apply what changed")
     p = add("restart", cmd_restart, "restart one service")
     p.add_argument("name", metavar="NAME")
     p = add("logs", cmd_logs, "show the structured log")
     p.add_argument("name", nargs="?", metavar="NAME", help="only this service")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--level", choices=["debug", "info", "warning", "error"], default="debug")
+    p = add("send", cmd_send, "enqueue a message (prints its id), or many with --file")
+    p.add_argument("recipient", nargs="?", metavar="RECIPIENT", help="an agent or service name")
+    p.add_argument("text", nargs="?", metavar="TEXT", help="the message text")
+    p.add_argument("--priority", choices=["urgent", "high", "normal", "low"], default=None)
+    p.add_argument("--type", default=None, metavar="T", help="message type (default text)")
+    p.add_argument("--id", default=None, metavar="ID", help="message id (a re-send is a duplicate)")
+    p.add_argument("--sender", default=None, metavar="S", help="sender name (default cli)")
+    p.add_argument("--file", default=None, metavar="F.jsonl",
+                   help="one JSON object per line: recipient, text|payload, priority, type, id, "
+                        "sender, headers, delay_s (exit 1 if any line is rejected)")
+    q = add("queue", None, "queue statistics, dead letters, requeue, purge")
+    q_sub = q.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+
+    def queue_action(name, text):
+        action = q_sub.add_parser(name, parents=[common], help=text, description=text)
+        action.set_defaults(func=cmd_queue)
+        return action
+
+    queue_action("stats", "depth, rates, latency, in-flight per consumer, health")
+    queue_action("dlq", "list dead letters, oldest first").add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p = queue_action("requeue", "make dead letters ready again (attempts reset)")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="every dead letter")
+    p = queue_action("purge", "delete messages (default: the dead letters)")
+    p.add_argument("--state", choices=["dead", "ready", "leased", "all"], default="dead")
+    p.add_argument("--recipient", default=None, metavar="R", help="only messages for R")
     cfg = add("config", None, "check or show the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     for name, func, text in (("check", cmd_config_check, "validate the configuration"),
@@ -314,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback to the user
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (details: swarm logs)")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,12 @@ class Config:
         """Every service block (enabled or not) by name, generic defaults filled in."""
         return copy.deepcopy(self.data["services"])
 
+    def runtime(self) -> dict:
+        """The dict actors receive: ``data`` plus ``_secret_values`` (what their logs redact)
+        and ``_file`` (what a reload re-reads). Holds resolved secrets: never log it."""
+        return {**self.data, "_secret_values": sorted(self.secret_values),
+                "_file": str(self.file) if self.file else None}
+
     def to_wire(self) -> dict:
         """Plain msgpack-able dict, secrets included (never log it): ``Config.from_wire(d)``."""
         return {"v": 1, "data": copy.deepcopy(self.data),

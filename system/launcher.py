@@ -123,6 +123,8 @@ def boot(config: dict) -> dict:
     system = config["system"]
     root_dir = data_dir(config)
     root_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # clients wait for the new one (see AdminClient)
+        (root_dir / PID_FILE).unlink()
     secure_bind(system.get("bind", "127.0.0.1"))
     logs = log_defs(root_dir, system.get("log_level", "info"), system.get("log_max_bytes",
                     10 * 1024 * 1024), system.get("log_backups", 5),
@@ -130,10 +132,10 @@ def boot(config: dict) -> dict:
     with _scoped_env({"TZ": os.environ.get("TZ"), "THESPLOG_FILE": os.environ.get("THESPLOG_FILE")}):
         prepare_log_dir(root_dir)
         asys = ActorSystem(BASE, capabilities(config), logDefs=logs)
-    wire = {k: v for k, v in config.items() if not k.startswith("_")}
     root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
     reply = asys.ask(root, protocol.SVC_INIT.encode(
-        {"name": ROOT_NAME, "config": wire, "registry": None}), BOOT_TIMEOUT_S)
+        {"name": ROOT_NAME, "config": config, "registry": None,
+         "config_file": config.get("_file")}), BOOT_TIMEOUT_S)
     env = protocol.decode(reply) if reply is not None else None
     if not isinstance(env, protocol.Envelope) or env.t != protocol.SVC_STARTED.name:
         reason = env.b.get("reason") if isinstance(env, protocol.Envelope) else "no answer"

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 LOG_FILE = "swarm.log"
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -65,6 +65,37 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class LibraryLevelFilter(logging.Filter):
+    """Records of third-party libraries (no ``event`` field) obey ``system.log_level``; the
+    runtime's own records were already filtered in the actor by the live per-service level."""
+
+    def __init__(self, level: str = "info"):
+        super().__init__()
+        self.level = LEVELS.get(level, logging.INFO)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return hasattr(record, "event") or record.levelno >= self.level
+
+
+_actor_filter = RedactFilter()
+
+
+def redact_in_process(secrets: list[str]) -> None:
+    """Redact ``secrets`` from every record this process emits, before it leaves the process.
+
+    Inside an actor the root logger is Thespian's forwarder, whose handler neither accepts new
+    handlers nor runs filters; wrapping its ``handle`` covers library records too, and the set
+    can change on reload (the logger process' filter only knows the secrets of boot time).
+    """
+    _actor_filter.secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+    for handler in logging.root.handlers:
+        if not getattr(handler, "_swarm_redacts", False):
+            original = handler.handle
+            handler.handle = lambda record, _h=original: _h(record) if _actor_filter.filter(
+                record) else None
+            handler._swarm_redacts = True
+
+
 def log_defs(data_dir: str | Path, level: str = "info", max_bytes: int = 10 * 1024 * 1024,
              backups: int = 5, secrets: list[str] | None = None) -> dict:
     """The dictConfig given to Thespian's ActorSystem as ``logDefs``."""
@@ -73,13 +104,16 @@ def log_defs(data_dir: str | Path, level: str = "info", max_bytes: int = 10 * 10
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "system.logs.JsonFormatter"}},
-        "filters": {"redact": {"()": "system.logs.RedactFilter", "secrets": list(secrets or [])}},
+        "filters": {"redact": {"()": "system.logs.RedactFilter", "secrets": list(secrets or [])},
+                    "libraries": {"()": "system.logs.LibraryLevelFilter", "level": level}},
         "handlers": {"file": {
             "class": "logging.handlers.RotatingFileHandler",
             "filename": str(logs / LOG_FILE), "maxBytes": max_bytes, "backupCount": backups,
-            "formatter": "json", "filters": ["redact"],
+            "formatter": "json", "filters": ["libraries", "redact"],
         }},
-        "root": {"handlers": ["file"], "level": _LEVELS.get(level, logging.INFO)},
+        # Actors filter their own records by the live per-service level (see ``log``); DEBUG here
+        # lets a reload lower that level without restarting the logger.
+        "root": {"handlers": ["file"], "level": logging.DEBUG},
     }
 
 
@@ -101,7 +135,7 @@ def log(level: str, service: str, event: str, msg: str, *,
         fields["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
     # logging.root, looked up per call: inside an actor Thespian replaces it with its forwarder
     # after fork, and loggers created before the fork would still point at the old root.
-    logging.root.log(_LEVELS.get(level, logging.INFO), msg,
+    logging.root.log(LEVELS.get(level, logging.INFO), msg,
                 extra={"service": service, "event": event, **fields})
 
 

@@ -108,6 +108,15 @@ TREE_LOOKUP = define("tree.lookup", "Find an actor by name through the root (ext
                      name=str)
 SUP_RESTART = define("sup.restart", "Restart one child of this supervisor by name.", name=str)
 
+# Configuration and alerts
+CONFIG_CHANGED = define("config.changed", "New effective config; changed: keys of this actor's "
+                        "block that differ. Answered applied true|false (false: restart me).",
+                        config=dict, changed=list)
+TREE_RECONFIGURE = define("tree.reconfigure", "Apply a new, validated config to this subtree.",
+                          config=dict)
+ALERT = define("alert", "Something an operator should know: severity, service, summary, details.",
+               severity=str, service=str, summary=str)
+
 # Health
 HEALTH_PING = define("health.ping", "Are you alive? Answered with health.pong.")
 HEALTH_PONG = define("health.pong", "Alive: status ok|degraded|failing, detail, pid, errors.",
@@ -133,7 +142,40 @@ REGISTRY_SNAPSHOT = define("registry.snapshot", "Aggregated status: healthy, ser
 ADMIN_STATUS = define("admin.status", "The tree's status (shape of `swarm status --json`).")
 ADMIN_LOOKUP = define("admin.lookup", "Where a service runs: addr, parent_addr, state, pid.",
                       name=str)
+ADMIN_RELOAD = define("admin.reload", "Re-read the config file and apply what changed.")
 ADMIN_RESTART = define("admin.restart", "Restart one service by name.", name=str)
+
+# Queue ------------------------------------------------------------------------------------
+# Payloads inside items/messages are opaque msgpack bytes (bin), passed through untouched.
+# Replies are ``ok`` (fields below) or ``error``; see actors/queue/service.py for the details.
+QUEUE_ENQUEUE = define(
+    "queue.enqueue", "Store items (maps: recipient, payload bytes or text, priority, type, id, "
+    "sender, headers, delay_s, max_attempts) once committed; ok: accepted, duplicates, "
+    "rejected [[index, reason]], ids.", items=list)
+QUEUE_LEASE = define(
+    "queue.lease", "Pull: lease up to limit ready messages (of recipient, or any) for "
+    "visibility_s; ok: messages.")
+QUEUE_ACK = define("queue.ack", "Done with leased messages: ids; quiet=true: no reply. ok: acked.",
+                   ids=list)
+QUEUE_NACK = define(
+    "queue.nack", "Give leased messages back: ids, error, retry (false: dead-letter now); "
+    "quiet=true: no reply. ok: retried, dead.", ids=list)
+QUEUE_SUBSCRIBE = define(
+    "queue.subscribe", "Push: deliver messages of recipient (or topic, a glob over recipients) "
+    "to the sender, at most max_in_flight unacked; idempotent. ok: sub, incarnation.")
+QUEUE_UNSUBSCRIBE = define("queue.unsubscribe", "Drop the sender's subscriptions (or sub).")
+QUEUE_DELIVER = define("queue.deliver", "A pushed batch: sub, incarnation, messages.",
+                       sub=str, messages=list)
+QUEUE_STATS = define("queue.stats", "Depths, rates, latency, in-flight per consumer, health.")
+QUEUE_DLQ = define("queue.dlq", "Dead letters, oldest first: limit, offset; ok: messages.")
+QUEUE_REQUEUE = define("queue.requeue", "Dead letters -> ready: ids, or all=true; ok: requeued.")
+QUEUE_PURGE = define("queue.purge", "Delete messages: state (dead|ready|leased|all), recipient; "
+                     "ok: purged.")
+ADMIN_SEND = define("admin.send", "Enqueue items through the queue (see queue.enqueue).",
+                    items=list)
+ADMIN_QUEUE = define("admin.queue", "Queue operator command: op (stats|dlq|requeue|purge) and "
+                     "that command's fields.", op=str)
+# End of Queue ------------------------------------------------------------------------------
 
 # Test services (used by the test suite and the bridge burst test)
 TEST_HANG = define("test.hang", "Block the actor inside a handler (tests hung-actor detection).")

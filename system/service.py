@@ -36,11 +36,14 @@ from thespian.actors import (
 
 from system import protocol
 from system.errors import ConfigError, classify
-from system.logs import log
+from system.logs import LEVELS, log, redact_in_process
 
 _PR_SET_PDEATHSIG = 1
 TRANSIENT_RETRIES = 5
 TRANSIENT_BASE_S = 0.1
+# Keys every service applies live: they only matter to the base, the supervisor or the registry.
+_BASE_LIVE_KEYS = frozenset({"log_level", "max_rss_mb", "depends_on", "restart",
+                             "shutdown_timeout_s", "enabled"})
 
 
 def die_with_parent() -> None:
@@ -105,6 +108,9 @@ class SwarmActor(Actor):
         self.name = "?"
         self.config: dict = {}
         self.registry: str | None = None
+        self.root: str | None = None
+        self.config_file: str | None = None
+        self.log_level = LEVELS["info"]
         self.parent = None
         self.started_at = time.time()
         self.errors = ErrorStats()
@@ -116,6 +122,8 @@ class SwarmActor(Actor):
 
     # -- logging and replies -------------------------------------------------
     def log(self, level: str, event: str, msg: str, **fields: Any) -> None:
+        if LEVELS.get(level, LEVELS["info"]) < self.log_level:
+            return
         if self._current is not None:
             fields.setdefault("msg_id", self._current.id)
         log(level, self.name, event, msg, **fields)
@@ -144,6 +152,27 @@ class SwarmActor(Actor):
 
     def service_config(self) -> dict:
         return self.config.get("services", {}).get(self.name, {})
+
+    def alert(self, severity: str, summary: str, details: str = "", key: str | None = None) -> None:
+        """Raise an alert: the registry coalesces it and routes it to the configured sinks."""
+        self.log("warning" if severity in ("info", "warning") else "error", "alert", summary,
+                 details=details, severity=severity)
+        if self.registry:
+            self.send(protocol.address_from_wire(self.registry), protocol.ALERT.encode(
+                {"severity": severity, "service": self.name, "summary": summary,
+                 "details": details, "key": key or f"{self.name}:{summary}"}))
+
+    def adopt_config(self, body: dict) -> None:
+        """Take the lifecycle fields of ``svc.init`` / ``config.changed``: config, log level,
+        secrets to redact, and (init only) where the registry, root and config file are."""
+        self.config = body["config"]
+        for key in ("registry", "root", "config_file"):
+            if key in body:
+                setattr(self, key, body[key])
+        level = self.service_config().get("log_level") or self.config.get(
+            "system", {}).get("log_level", "info")
+        self.log_level = LEVELS.get(level, LEVELS["info"])
+        redact_in_process(self.config.get("_secret_values", []))
 
     # -- the loop ----------------------------------------------------------------
     def receiveMessage(self, message, sender):
@@ -310,11 +339,13 @@ class SwarmActor(Actor):
 class ServiceActor(SwarmActor):
     """A supervised service: receives ``svc.init`` with its config, then runs its hooks."""
 
+    LIVE_KEYS: frozenset = frozenset()
+    """Keys of this service's config block it applies without a restart (see on_config_changed)."""
+
     @handles(protocol.SVC_INIT)
     def _init(self, env, sender) -> None:
         self.name = env.b["name"]
-        self.config = env.b["config"]
-        self.registry = env.b.get("registry")
+        self.adopt_config(env.b)
         self.parent = sender
         try:
             self.on_start()
@@ -330,5 +361,25 @@ class ServiceActor(SwarmActor):
         self.reply(sender, env, protocol.SVC_STARTED,
                    {"name": self.name, "pid": os.getpid(), "kind": self.kind})
 
+    @handles(protocol.CONFIG_CHANGED)
+    def _config_changed(self, env, sender) -> None:
+        changed = set(env.b["changed"])
+        applied = changed <= (_BASE_LIVE_KEYS | self.LIVE_KEYS)
+        if applied:
+            old = self.config
+            self.adopt_config(env.b)
+            try:
+                self.on_config_changed(old, changed)
+            except Exception as exc:  # noqa: BLE001 - cannot apply live: restart with the new config
+                self.log("warning", "reconfigure", f"cannot apply live ({exc}); restart needed")
+                applied = False
+        self.log("info", "reconfigure", f"config changed ({', '.join(sorted(changed)) or 'core'})"
+                 f": {'applied live' if applied else 'restart needed'}")
+        self.reply(sender, env, protocol.OK, {"applied": applied})
+
     def on_start(self) -> None:
         pass
+
+    def on_config_changed(self, old: dict, changed: set[str]) -> None:
+        """Apply a new ``self.config`` live (``changed`` is a subset of LIVE_KEYS); raise to ask
+        for a restart instead."""

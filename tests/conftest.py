@@ -49,8 +49,13 @@ class Swarm:
             "services": {"queue": {"enabled": False},
                          "probe": {"actor": "actors.probe:Probe"}},
         }
+        self.base = base
         self.config_path = tmp / "swarm.yaml"
-        self.config_path.write_text(yaml.safe_dump(deep_merge(base, overrides or {})))
+        self.rewrite(overrides)
+
+    def rewrite(self, overrides: dict | None) -> None:
+        """Write the config file: the test base plus ``overrides``."""
+        self.config_path.write_text(yaml.safe_dump(deep_merge(self.base, overrides or {})))
         self.config = load_config(str(self.config_path)).data
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60, env=None):

@@ -45,6 +45,27 @@ def test_sigkilled_actor_is_restarted_and_siblings_untouched(swarm, victim):
     assert changed == restarted_with[victim]
 
 
+def test_killing_the_core_supervisor_restarts_only_the_core_subtree(swarm):
+    before = swarm.status()
+    os.kill(before["services"]["core"]["pid"], signal.SIGKILL)
+    after = swarm.wait_for(lambda s: s["healthy"] and s["services"]["core"]["restarts"] == 1
+                           and s["services"]["admin"]["pid"] != before["services"]["admin"]["pid"],
+                           what="core subtree restarted")
+    changed = {n for n, pid in _pids(after).items() if pid != _pids(before)[n]}
+    assert changed == {"core", "registry", "health", "admin"}
+    assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 2}).b == {"x": 2}
+
+
+def test_memory_limit_kills_and_restarts_with_the_reason_recorded(make_swarm):
+    swarm = make_swarm({"services": {"probe": {"max_rss_mb": 1}},
+                        "supervision": {"services": {"max_restarts": 100}}})
+    swarm.start()
+    status = swarm.wait_for(lambda s: s["services"]["probe"]["restarts"] >= 1
+                            and "over limit" in s["services"]["probe"]["last_error"],
+                            what="memory limit enforced")
+    assert "limit 1 MB" in status["services"]["probe"]["last_error"]
+
+
 def test_registry_restart_rebuilds_its_state_from_the_supervisors(swarm):
     before = swarm.status()
     os.kill(before["services"]["registry"]["pid"], signal.SIGKILL)

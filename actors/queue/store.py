@@ -308,6 +308,25 @@ class QueueStore:
             tx.totals.update(expired=len(dead) + len(ready), dead=len(dead))
         return len(dead) + len(ready)
 
+    def release_leases(self, owner: str) -> int:
+        """Every lease of ``owner`` ends now, as if it had expired (see :meth:`expire_leases`):
+        for a consumer known to be gone, e.g. the previous incarnation of the queue's own
+        inbox sink after a crash. Returns the count."""
+        clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease released'"
+        mine = "state = 1 AND lease_owner = :owner"
+        with self._write() as tx:
+            dead = self._conn.execute(
+                f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {mine} "
+                "AND attempts >= max_attempts RETURNING recipient, priority",
+                {"now": self._clock(), "owner": owner}).fetchall()
+            ready = self._conn.execute(
+                f"UPDATE messages SET state = 0, {clear} WHERE {mine} "
+                "RETURNING recipient, priority", {"owner": owner}).fetchall()
+            tx.move(dead, LEASED, DEAD)
+            tx.move(ready, LEASED, READY)
+            tx.totals.update(expired=len(dead) + len(ready), dead=len(dead))
+        return len(dead) + len(ready)
+
     # -- operator side ------------------------------------------------------------------
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead messages, oldest death first."""

@@ -1,0 +1,363 @@
+"""Pure bookkeeping of the queue actor: group commit, in-flight leases, push subscriptions,
+rates, latency and health. No Thespian, no SQLite: the actor shell (``service.py``) calls it.
+
+    >>> g = GroupCommit(max_payload=16)
+    >>> g.add("p1", "e1", [{"recipient": "a", "text": "hi"}, 7])  # items pending: 7 is rejected
+    1
+    >>> items, _ = g.take()
+    >>> [sorted(i) for i in items]
+    [['payload', 'recipient']]
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import msgpack
+
+from actors.queue.model import EnqueueResult, Message, Priority
+from system.errors import PermanentError
+
+MAX_ITEMS_PER_REQUEST = 10_000
+RATE_WINDOW_S = 60.0
+LATENCY_SAMPLES = 4096
+PRIORITY_LABELS = {int(p): p.label for p in Priority}
+
+
+# -- enqueue: validation and group commit ----------------------------------------------------
+def normalize(item: Any, max_payload: int) -> tuple[dict | None, str | None]:
+    """An enqueue item as the store takes it, or (None, reason). ``text`` becomes the payload
+    ``msgpack({"text": text})``; an int priority 0..3 becomes its label."""
+    if not isinstance(item, dict):
+        return None, f"item must be a map, not {type(item).__name__}"
+    out = dict(item)
+    if "text" in out:
+        if "payload" in out:
+            return None, "give text or payload, not both"
+        if not isinstance(out["text"], str):
+            return None, "text must be a str"
+        out["payload"] = msgpack.packb({"text": out.pop("text")})
+    prio = out.get("priority")
+    if isinstance(prio, int) and not isinstance(prio, bool):
+        if prio not in PRIORITY_LABELS:
+            return None, f"unknown priority {prio!r}"
+        out["priority"] = PRIORITY_LABELS[prio]
+    payload = out.get("payload")
+    if isinstance(payload, (bytes, bytearray)) and len(payload) > max_payload:
+        return None, f"payload of {len(payload)} bytes exceeds {max_payload}"
+    return out, None
+
+
+@dataclass
+class _Request:
+    sender: Any
+    env: Any
+    size: int
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    slots: list[tuple[int, int]] = field(default_factory=list)  # (index in request, in batch)
+
+
+class GroupCommit:
+    """Enqueue requests waiting for one shared transaction, and the split of its result.
+
+    ``add`` validates and returns the number of items pending; ``take`` hands the batch to
+    commit; ``split`` turns the store's result into one reply body per request.
+    """
+
+    def __init__(self, max_payload: int):
+        self.max_payload = max_payload
+        self.requests: list[_Request] = []
+        self.items: list[dict] = []
+        self.commits = 0
+        self.committed_items = 0
+        self.largest = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, sender: Any, env: Any, items: Sequence[Any]) -> int:
+        req = _Request(sender, env, len(items))
+        for i, item in enumerate(items):
+            norm, reason = normalize(item, self.max_payload)
+            if norm is None:
+                req.rejected.append((i, reason))
+            else:
+                req.slots.append((i, len(self.items)))
+                self.items.append(norm)
+        self.requests.append(req)
+        return len(self.items)
+
+    def take(self) -> tuple[list[dict], list[_Request]]:
+        items, requests = self.items, self.requests
+        self.items, self.requests = [], []
+        return items, requests
+
+    def split(self, result: EnqueueResult, requests: list[_Request]) -> list[tuple[Any, Any, dict]]:
+        """(sender, env, reply body) per request. An id accepted once in the batch is a
+        duplicate at every later position (the store's own rule)."""
+        self.commits += 1
+        self.committed_items += len(result.ids)
+        self.largest = max(self.largest, len(result.ids))
+        store_rejects = dict(result.rejected)
+        accepted, first_seen = set(result.accepted), set()
+        out = []
+        for req in requests:
+            body = {"accepted": [], "duplicates": [], "rejected": list(req.rejected),
+                    "ids": [None] * req.size}
+            for i, pos in req.slots:
+                mid = result.ids[pos] if pos < len(result.ids) else None
+                if mid is None:
+                    body["rejected"].append((i, store_rejects.get(pos, "rejected")))
+                    continue
+                body["ids"][i] = mid
+                if mid in accepted and mid not in first_seen:
+                    first_seen.add(mid)
+                    body["accepted"].append(mid)
+                else:
+                    body["duplicates"].append(mid)
+            body["rejected"] = [list(r) for r in sorted(body["rejected"])]
+            out.append((req.sender, req.env, body))
+        return out
+
+
+# -- request fields ------------------------------------------------------------------------------
+def body_field(body: dict, name: str, kinds, default=None, *, check=None, what: str = ""):
+    """A body field of the given type (bool is not an int), else PermanentError."""
+    value = body.get(name, default)
+    if value is default:
+        return value
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in (
+            kinds if isinstance(kinds, tuple) else (kinds,))) or (check and not check(value)):
+        raise PermanentError(f"field {name!r} must be {what or kinds}, got {value!r:.80}")
+    return value
+
+
+def id_list(body: dict) -> list[str]:
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise PermanentError("field 'ids' must be a list of str")
+    if len(ids) > MAX_ITEMS_PER_REQUEST:
+        raise PermanentError(f"more than {MAX_ITEMS_PER_REQUEST} ids in one request")
+    return ids
+
+
+# -- leases in flight ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Lease:
+    owner: str
+    created_at: float
+    expires_at: float
+
+
+class InFlight:
+    """Leases this incarnation handed out: id -> (owner, created_at, expires_at)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, _Lease] = {}
+        self.count: Counter[str] = Counter()
+
+    def add(self, owner: str, msgs: Iterable[Message]) -> None:
+        for m in msgs:
+            old = self.by_id.get(m.id)
+            if old is not None:
+                self.count[old.owner] -= 1
+            self.by_id[m.id] = _Lease(owner, m.created_at, m.lease_expires_at or 0.0)
+            self.count[owner] += 1
+
+    def owners(self, ids: Iterable[str]) -> dict[str | None, list[str]]:
+        """ids grouped by the owner that holds them (None: not leased by this incarnation)."""
+        out: dict[str | None, list[str]] = {}
+        for mid in ids:
+            lease = self.by_id.get(mid)
+            out.setdefault(lease.owner if lease else None, []).append(mid)
+        return out
+
+    def pop(self, ids: Iterable[str]) -> list[float]:
+        """Forget ids; returns the created_at of those known (for latency)."""
+        created = []
+        for mid in ids:
+            lease = self.by_id.pop(mid, None)
+            if lease is not None:
+                self.count[lease.owner] -= 1
+                created.append(lease.created_at)
+        return created
+
+    def expire(self, now: float) -> Counter[str]:
+        """Forget leases past their expiry; returns how many each owner lost."""
+        lost: Counter[str] = Counter()
+        for mid in [m for m, lease in self.by_id.items() if lease.expires_at < now]:
+            lease = self.by_id.pop(mid)
+            self.count[lease.owner] -= 1
+            lost[lease.owner] += 1
+        return lost
+
+    def drop_owner(self, owner: str) -> None:
+        for mid in [m for m, lease in self.by_id.items() if lease.owner == owner]:
+            del self.by_id[mid]
+        self.count.pop(owner, None)
+
+    def per_owner(self) -> dict[str, int]:
+        return {o: n for o, n in sorted(self.count.items()) if n > 0}
+
+
+# -- push subscriptions ---------------------------------------------------------------------------
+@dataclass
+class Subscription:
+    id: str
+    addr: Any                 # the subscriber's actor address (where deliveries go)
+    addr_key: str             # its wire form
+    recipient: str | None
+    topic: str | None
+    max_in_flight: int
+    batch: int
+    visibility_s: float
+    idle_expiries: int = 0    # lease expiries since the last ack: a gone subscriber
+
+    @property
+    def owner(self) -> str:
+        return f"sub:{self.id}"
+
+    def matches(self, recipient: str) -> bool:
+        if self.recipient is not None:
+            return recipient == self.recipient
+        return fnmatchcase(recipient, self.topic or "")
+
+    def view(self, in_flight: int) -> dict:
+        return {"sub": self.id, "addr": self.addr_key, "recipient": self.recipient,
+                "topic": self.topic, "max_in_flight": self.max_in_flight,
+                "in_flight": in_flight}
+
+
+class Subscriptions:
+    """Subscriptions by id; one per (subscriber address, recipient/topic): re-subscribing
+    updates the limits and keeps the id."""
+
+    def __init__(self, incarnation: str):
+        self.incarnation = incarnation
+        self.subs: dict[str, Subscription] = {}
+        self._n = 0
+        self._turn = 0
+
+    def subscribe(self, addr: Any, addr_key: str, recipient: str | None, topic: str | None,
+                  max_in_flight: int, batch: int, visibility_s: float) -> Subscription:
+        for sub in self.subs.values():
+            if (sub.addr_key, sub.recipient, sub.topic) == (addr_key, recipient, topic):
+                sub.addr, sub.max_in_flight, sub.batch = addr, max_in_flight, batch
+                sub.visibility_s = visibility_s
+                return sub
+        self._n += 1
+        sub = Subscription(f"{self.incarnation}.{self._n}", addr, addr_key, recipient, topic,
+                           max_in_flight, batch, visibility_s)
+        self.subs[sub.id] = sub
+        return sub
+
+    def remove(self, addr_key: str, sub_id: str | None = None) -> list[Subscription]:
+        gone = [s for s in self.subs.values()
+                if s.addr_key == addr_key and (sub_id is None or s.id == sub_id)]
+        for sub in gone:
+            del self.subs[sub.id]
+        return gone
+
+    def by_owner(self, owner: str) -> Subscription | None:
+        return self.subs.get(owner[4:]) if owner.startswith("sub:") else None
+
+    def in_turn(self) -> list[Subscription]:
+        """All subscriptions, starting one further each call (round-robin between competing
+        consumers of the same recipient)."""
+        subs = list(self.subs.values())
+        if not subs:
+            return []
+        self._turn = (self._turn + 1) % len(subs)
+        return subs[self._turn:] + subs[:self._turn]
+
+
+# -- routing ---------------------------------------------------------------------------------------
+class InboxRoute:
+    """Which recipients the built-in inbox sink delivers: every name in ``agents.names`` and
+    every recipient matching ``inbox_pattern`` (those not in the names are unknown agents and
+    are dead-lettered)."""
+
+    def __init__(self, enabled: bool, names: Iterable[str], pattern: str | None):
+        self.enabled, self.names, self.pattern = enabled, frozenset(names), pattern or None
+
+    def __call__(self, recipient: str) -> bool:
+        return self.enabled and (recipient in self.names or (
+            self.pattern is not None and fnmatchcase(recipient, self.pattern)))
+
+
+# -- statistics ------------------------------------------------------------------------------------
+RATE_KEYS = {"enqueue": "enqueued", "deliver": "leased", "ack": "acked", "nack": "nacked",
+             "dead": "dead"}
+
+
+class RateWindow:
+    """Per-second rates over the last minute from samples of monotonically growing totals."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        self.window_s = window_s
+        self.samples: deque[tuple[float, dict]] = deque()
+
+    def sample(self, now: float, totals: dict) -> None:
+        self.samples.append((now, {k: totals.get(v, 0) for k, v in RATE_KEYS.items()}))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+
+    def rates(self, now: float, totals: dict) -> dict[str, float]:
+        if not self.samples:
+            return dict.fromkeys(RATE_KEYS, 0.0)
+        t0, first = self.samples[0]
+        span = max(now - t0, 1.0)
+        return {k: round((totals.get(v, 0) - first[k]) / span, 3) for k, v in RATE_KEYS.items()}
+
+
+class LatencyWindow:
+    """Enqueue -> ack latencies: a bounded reservoir of the most recent samples in the window."""
+
+    def __init__(self, size: int = LATENCY_SAMPLES, window_s: float = RATE_WINDOW_S):
+        self.samples: deque[tuple[float, float]] = deque(maxlen=size)
+        self.window_s = window_s
+
+    def add(self, now: float, created: Iterable[float]) -> None:
+        self.samples.extend((now, max(now - c, 0.0)) for c in created)
+
+    def percentiles(self, now: float) -> dict:
+        values = sorted(v for t, v in self.samples if now - t <= self.window_s)
+        if not values:
+            return {"p50": None, "p95": None, "p99": None, "samples": 0}
+
+        def pct(p: float) -> float:
+            return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3)
+        return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "samples": len(values)}
+
+
+def health(stats: dict, *, max_depth: int, max_age_s: float, storage_errors: int,
+           fail_after: int, writable: bool, last_error: str = "") -> tuple[str, str]:
+    """(ok|degraded|failing, detail) from a stats snapshot and the storage state."""
+    depth = stats["depth"]
+    summary = (f"ready {depth['ready']}, leased {depth['leased']}, dead {depth['dead']}, "
+               f"oldest {stats['oldest_ready_age_s']:.1f}s")
+    if storage_errors >= fail_after:
+        return "failing", f"{storage_errors} storage errors in a row: {last_error}"
+    problems = []
+    if not writable:
+        problems.append("database not writable")
+    if depth["ready"] > max_depth:
+        problems.append(f"depth {depth['ready']} > {max_depth}")
+    if stats["oldest_ready_age_s"] > max_age_s:
+        problems.append(f"oldest ready {stats['oldest_ready_age_s']:.0f}s > {max_age_s:g}s")
+    if storage_errors:
+        problems.append(f"storage error: {last_error}")
+    return ("degraded", "; ".join(problems) + f" ({summary})") if problems else ("ok", summary)
+
+
+def wire_message(m: Message) -> dict:
+    """A leased/dead message as it travels in ``queue.deliver`` / lease / dlq replies."""
+    out = {"id": m.id, "recipient": m.recipient, "sender": m.sender, "type": m.type,
+           "priority": m.priority, "payload": m.payload, "headers": m.headers,
+           "created_at": m.created_at, "attempts": m.attempts, "max_attempts": m.max_attempts}
+    if m.state == "dead":
+        out.update(dead_at=m.dead_at, last_error=m.last_error)
+    return out

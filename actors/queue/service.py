@@ -1,0 +1,423 @@
+"""Queue service: the persistent, at-least-once message queue of the swarm (a thin actor over
+:class:`~actors.queue.store.QueueStore`, :class:`~actors.queue.inbox.InboxSink` and the pure
+bookkeeping in :mod:`actors.queue.core`).
+
+Producers send ``queue.enqueue`` (a batch of items); each is answered only after its commit
+(``ok``: accepted, duplicates, rejected [[index, reason]], ids). Group commit: once requests of
+different producers overlap (one arrives within ``group_commit_ms`` of another's), requests
+are collected for one window (one timer, not one per message) or until ``batch_max`` items are
+pending, and committed in ONE transaction. A lone producer is committed at once: waiting could
+not group anything (it sends its next request only after this reply), and the window would
+cap it at ~200 requests/s. ``group_commit_ms: 0`` commits every request at once. Nothing else
+happens on that path: delivery runs on a short "pump" wake-up.
+
+Consumers either pull (``queue.lease`` for one recipient, then ``queue.ack`` / ``queue.nack``
+by ids) or subscribe (``queue.subscribe`` with ``recipient`` or ``topic``, a glob over
+recipient names, and ``max_in_flight``): the queue pushes ``queue.deliver`` batches to the
+subscriber's address, never more than ``max_in_flight`` unacked, refills on each ack, and
+redelivers what is not acked within the lease (``visibility_s``, default ``lease_s``).
+Competing subscribers of one recipient are served round-robin.
+
+**Subscriptions live in memory only.** After a queue restart the subscriber must subscribe
+again: :class:`actors.queue.client.QueueConsumer` re-subscribes on its tick (subscribing is
+idempotent). Leases held by the old incarnation's subscribers stay valid until they expire
+(an ack still counts). A subscription whose leases expire 3 times in a row without any ack is
+dropped as gone.
+
+Inbox sink: recipients in ``agents.names`` or matching ``inbox_pattern`` are delivered by the
+queue itself to ``WORKSPACE/AGENT/inbox/ID.md`` (exactly-once effect: a file named by id is
+never written twice), acked after the files are durable; an unknown agent is dead-lettered at
+once, a disk error is retried with backoff. Each round is sized to ~0.05 s of writing and
+rounds are separated by a short wake-up gap, so health pings and enqueues interleave. At start
+the previous incarnation's inbox leases are released and its temp files swept.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from actors.queue import core
+from actors.queue.inbox import InboxSink
+from actors.queue.store import QueueStore
+from system import protocol
+from system.errors import ConfigError, PermanentError, TransientError
+from system.service import ServiceActor, handles
+
+PUMP_DELAY_S = 0.005      # enqueue -> delivery round: batches what arrives meanwhile
+INBOX_BUDGET_S = 0.05     # target duration of one inbox round
+# Gap between back-to-back inbox rounds. Never 0: Thespian's TCP loop does not read its
+# sockets while a wakeup is already due, so chained 0 s wakeups starve every incoming message.
+ROUND_GAP_S = 0.002
+STORAGE_FAIL_AFTER = 3    # consecutive storage errors -> health "failing"
+PURGE_EVERY_S = 60.0      # acked-id retention sweep period
+IDLE_EXPIRIES_MAX = 3     # lease expiries in a row without an ack -> subscriber gone
+INBOX_OWNER = "inbox"
+_STORAGE_ERRORS = (sqlite3.Error, OSError, TransientError)
+_PURGE_STATES = ("dead", "ready", "leased", "all")
+
+
+_arg = core.body_field
+_SECONDS = {"check": lambda v: 0 < v <= 86_400, "what": "seconds in (0, 86400]"}
+
+
+def _after(seconds: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=max(0.0, seconds))
+
+
+class QueueService(ServiceActor):
+    tick_s = 1.0
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.store: QueueStore | None = None
+        self.sink: InboxSink | None = None
+        self.incarnation = os.urandom(3).hex()
+        self.subs = core.Subscriptions(self.incarnation)
+        self.inflight = core.InFlight()
+        self.rates = core.RateWindow()
+        self.latency = core.LatencyWindow()
+        self.storage_errors, self.last_storage_error = 0, ""
+        self.writable = True
+        self.flush_timer = self.pump_timer = False
+        self.last_producer, self.last_arrival = "", 0.0  # group commit: overlapping producers?
+        self.last_purge = time.monotonic()
+        self.inbox_cost_s = 0.001  # EWMA of one inbox file write
+        self.inbox_done = self.inbox_failed = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_start(self) -> None:
+        cfg = self.service_config()
+        self.batch_max = int(cfg.get("batch_max", 500))
+        self.lease_s = float(cfg.get("lease_s", 30.0))
+        self.group_commit_s = float(cfg.get("group_commit_ms", 2)) / 1000
+        self.max_depth = int(cfg.get("max_depth_warn", 100_000))
+        self.max_age_s = float(cfg.get("max_age_warn_s", 600))
+        self.retention_s = float(cfg.get("acked_retention_s", 86_400))
+        self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)))
+        retry_base = float(cfg.get("retry_base_s", 1.0))
+        self.tick_s = min(1.0, max(0.05, min(self.lease_s, retry_base) / 2))
+        data_dir = Path(self.config.get("system", {}).get("data_dir", "."))
+        self.db_path = Path(cfg.get("db_path") or data_dir / "queue.db")
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self.store = QueueStore(
+                self.db_path, synchronous=str(cfg.get("synchronous", "NORMAL")),
+                default_max_attempts=int(cfg.get("max_attempts", 5)), backoff_base_s=retry_base,
+                backoff_max_s=float(cfg.get("retry_max_s", 300.0)))
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"cannot open the queue database {self.db_path}: {exc}") from exc
+        agents = self.config.get("agents", {})
+        names = list(agents.get("names") or [])
+        enabled = bool(cfg.get("inbox_enabled", True))
+        self.route = core.InboxRoute(enabled, names, cfg.get("inbox_pattern", "Agent-*"))
+        released = swept = 0
+        if enabled:
+            try:
+                self.sink = InboxSink(agents.get("workspace_root", "./agent_workspaces"), names)
+            except ValueError as exc:
+                raise ConfigError(f"agents.names: {exc}") from exc
+            swept = self.sink.sweep_temp()
+            released = self.store.release_leases(INBOX_OWNER)
+        stats = self.store.stats()
+        self.rates.sample(time.time(), stats["totals"])
+        self.log("info", "queue_open", f"queue {self.db_path}: {stats['depth']['total']} "
+                 f"messages", depth=stats["depth"], released=released, swept_temp=swept,
+                 incarnation=self.incarnation)
+        if stats["depth"]["ready"]:
+            self._schedule_pump()
+
+    def on_stop(self) -> None:
+        if self.store is not None:
+            self._flush()
+            self.store.close()
+            self.store = None
+
+    def health(self) -> tuple[str, str]:
+        if self.store is None:
+            return "failing", "the queue database is not open"
+        try:
+            stats = self._db(self.store.stats)
+        except _STORAGE_ERRORS:
+            stats = None
+        if stats is None:
+            return "failing", f"storage error: {self.last_storage_error}"
+        return core.health(stats, max_depth=self.max_depth, max_age_s=self.max_age_s,
+                           storage_errors=self.storage_errors, fail_after=STORAGE_FAIL_AFTER,
+                           writable=self.writable, last_error=self.last_storage_error)
+
+    def _db(self, fn, *args, **kw):
+        """Call the store, counting consecutive storage errors (health)."""
+        try:
+            out = fn(*args, **kw)
+        except _STORAGE_ERRORS as exc:
+            self.storage_errors += 1
+            self.last_storage_error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
+        self.storage_errors = 0
+        return out
+
+    # -- timers -----------------------------------------------------------------------------
+    def on_wakeup(self, payload) -> None:
+        try:
+            if payload == "flush":
+                self.flush_timer = False
+                self._flush()
+            elif payload == "pump":
+                self.pump_timer = False
+                self._pump()
+        except Exception as exc:  # noqa: BLE001 - a timer must never kill the actor
+            self.errors.record("transient" if isinstance(exc, _STORAGE_ERRORS) else "fatal",
+                               str(exc))
+            self.log("error", "queue_timer_error", f"{payload}: {type(exc).__name__}: {exc}")
+            if payload == "pump":
+                self._schedule_pump(0.5)
+
+    def _schedule_pump(self, delay: float = PUMP_DELAY_S) -> None:
+        if not self.pump_timer:
+            self.pump_timer = True
+            self.wakeupAfter(_after(delay), payload="pump")
+
+    def on_tick(self) -> None:
+        if self.store is None:
+            return
+        self._db(self.store.expire_leases)
+        now = time.time()
+        for owner in self.inflight.expire(now):
+            sub = self.subs.by_owner(owner)
+            if sub is not None:
+                sub.idle_expiries += 1
+                if sub.idle_expiries >= IDLE_EXPIRIES_MAX:
+                    self.subs.remove(sub.addr_key, sub.id)
+                    self.log("warning", "subscriber_gone", f"dropped subscription {sub.id} of "
+                             f"{sub.addr_key}: {IDLE_EXPIRIES_MAX} lease expiries without an ack")
+        if time.monotonic() - self.last_purge >= PURGE_EVERY_S:
+            self.last_purge = time.monotonic()
+            self._db(self.store.purge_acked, self.retention_s)
+        self.rates.sample(now, self._db(self.store.stats)["totals"])
+        self.writable = all(os.access(p, os.W_OK) for p in (self.db_path, self.db_path.parent)
+                            if p.exists())
+        self._pump()
+
+    # -- producers --------------------------------------------------------------------------
+    @handles(protocol.QUEUE_ENQUEUE)
+    def _enqueue(self, env, sender) -> None:
+        items = env.b["items"]
+        if len(items) > core.MAX_ITEMS_PER_REQUEST:
+            raise PermanentError(f"more than {core.MAX_ITEMS_PER_REQUEST} items in one request")
+        pending = self.group.add(sender, env, items)
+        now, producer = time.monotonic(), protocol.address_to_wire(sender)
+        overlap = producer != self.last_producer and now - self.last_arrival < self.group_commit_s
+        self.last_producer, self.last_arrival = producer, now
+        if self.group_commit_s <= 0 or pending >= self.batch_max or not (
+                overlap or self.flush_timer):
+            self._flush()  # alone (nobody to wait for), full, or group commit off
+        elif not self.flush_timer:
+            self.flush_timer = True
+            self.wakeupAfter(_after(self.group_commit_s), payload="flush")
+
+    def _flush(self) -> None:
+        items, requests = self.group.take()
+        if not requests:
+            return
+        try:
+            result = self._db(self.store.enqueue, items)
+        except Exception as exc:  # noqa: BLE001 - every producer must get an answer
+            self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
+            for req in requests:
+                self.reply_error(req.sender, req.env, "storage",
+                                 f"not committed, retry with the same ids: {exc}")
+            return
+        for sender, env, body in self.group.split(result, requests):
+            self.reply(sender, env, protocol.OK, body)
+        if result.accepted:
+            self._schedule_pump()
+
+    # -- delivery ---------------------------------------------------------------------------
+    def _pump(self) -> None:
+        for sub in self.subs.in_turn():
+            self._push(sub)
+        if self.sink is not None and self._inbox_round():
+            self._schedule_pump(ROUND_GAP_S)
+
+    def _push(self, sub: core.Subscription) -> None:
+        room = min(sub.max_in_flight - self.inflight.count[sub.owner], sub.batch)
+        if room <= 0:
+            return
+        if sub.recipient is not None:
+            recipients = [sub.recipient]
+        else:
+            recipients = [r for r in self.store.ready_recipients()
+                          if sub.matches(r) and not self.route(r)]
+        msgs = []
+        for recipient in recipients:
+            msgs += self._db(self.store.lease, recipient, room - len(msgs), sub.owner,
+                             sub.visibility_s)
+            if len(msgs) >= room:
+                break
+        if msgs:
+            self.inflight.add(sub.owner, msgs)
+            self.send(sub.addr, protocol.QUEUE_DELIVER.encode(
+                {"sub": sub.id, "incarnation": self.incarnation,
+                 "messages": [core.wire_message(m) for m in msgs]}))
+
+    def _inbox_round(self) -> bool:
+        """Deliver one batch to inbox files; True if more may be ready now."""
+        agents = [r for r in self.store.ready_recipients() if self.route(r)]
+        limit = max(16, min(self.batch_max, int(INBOX_BUDGET_S / self.inbox_cost_s)))
+        msgs = []
+        for agent in agents:
+            msgs += self._db(self.store.lease, agent, limit - len(msgs), INBOX_OWNER,
+                             self.lease_s)
+            if len(msgs) >= limit:
+                break
+        if not msgs:
+            return False
+        t0 = time.perf_counter()
+        delivered, failures = self.sink.deliver_batch(msgs)
+        per_msg = (time.perf_counter() - t0) / len(msgs)
+        self.inbox_cost_s = 0.7 * self.inbox_cost_s + 0.3 * max(per_msg, 1e-5)
+        if delivered:
+            self._db(self.store.ack, delivered, INBOX_OWNER)
+            done = set(delivered)
+            self.latency.add(time.time(), [m.created_at for m in msgs if m.id in done])
+        by_error: dict[tuple[bool, str], list[str]] = {}
+        for mid, exc in failures:
+            by_error.setdefault((isinstance(exc, TransientError), str(exc)), []).append(mid)
+        for (retry, text), ids in by_error.items():
+            res = self._db(self.store.nack, ids, text, INBOX_OWNER, retry=retry)
+            self.log("warning", "inbox_failed", f"{len(ids)} inbox deliveries failed: {text}",
+                     retried=len(res.retried), dead=len(res.dead), ids=ids[:10])
+        self.inbox_done += len(delivered)
+        self.inbox_failed += len(failures)
+        return len(msgs) >= limit
+
+    # -- consumers --------------------------------------------------------------------------
+    @handles(protocol.QUEUE_LEASE)
+    def _lease(self, env, sender) -> None:
+        b = env.b
+        recipient = _arg(b, "recipient", str, what="a recipient name")
+        if not recipient:
+            raise PermanentError("queue.lease needs a recipient")
+        most = 10 * self.batch_max
+        limit = _arg(b, "limit", int, self.batch_max, check=lambda n: 1 <= n <= most,
+                     what=f"an int in 1..{most}")
+        vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
+        owner = _arg(b, "owner", str, None) or "pull:" + protocol.address_to_wire(sender)
+        msgs = self._db(self.store.lease, recipient, limit, owner, float(vis))
+        self.inflight.add(owner, msgs)
+        self.reply(sender, env, protocol.OK, {"messages": [core.wire_message(m) for m in msgs]})
+
+    def _settle(self, env, action) -> tuple[list, list[float], list[core.Subscription]]:
+        """Apply ack/nack to ids grouped by the owner holding them (None: not leased by this
+        incarnation; then the optional ``owner`` field, else any owner)."""
+        ids = core.id_list(env.b)
+        hint = _arg(env.b, "owner", str, None)
+        subs, out = [], []
+        for owner, group in self.inflight.owners(ids).items():
+            out.append(self._db(action, group, owner if owner is not None else hint))
+            if (sub := self.subs.by_owner(owner or "")) is not None:
+                sub.idle_expiries = 0
+                subs.append(sub)
+        return out, self.inflight.pop(ids), subs
+
+    def _settled(self, env, sender, body: dict, subs: list[core.Subscription]) -> None:
+        if not _arg(env.b, "quiet", bool, False):
+            self.reply(sender, env, protocol.OK, body)
+        for sub in subs:  # capacity freed: refill at once
+            self._push(sub)
+
+    @handles(protocol.QUEUE_ACK)
+    def _ack(self, env, sender) -> None:
+        out, created, subs = self._settle(env, self.store.ack)
+        self.latency.add(time.time(), created)
+        self._settled(env, sender, {"acked": sum(out)}, subs)
+
+    @handles(protocol.QUEUE_NACK)
+    def _nack(self, env, sender) -> None:
+        error = _arg(env.b, "error", str, "nacked")[:1000]
+        retry = _arg(env.b, "retry", bool, True)
+        out, _, subs = self._settle(
+            env, lambda ids, owner: self.store.nack(ids, error, owner, retry=retry))
+        self._settled(env, sender, {"retried": [i for r in out for i in r.retried],
+                                    "dead": [i for r in out for i in r.dead]}, subs)
+
+    @handles(protocol.QUEUE_SUBSCRIBE)
+    def _subscribe(self, env, sender) -> None:
+        b = env.b
+        recipient = _arg(b, "recipient", str, None)
+        topic = _arg(b, "topic", str, None)
+        if bool(recipient) == bool(topic):
+            raise PermanentError("queue.subscribe needs exactly one of recipient or topic")
+        if recipient and self.route(recipient):
+            raise PermanentError(f"{recipient!r} is delivered by the inbox sink")
+        limit = _arg(b, "max_in_flight", int, 100, check=lambda n: 1 <= n <= 100_000,
+                     what="an int in 1..100000")
+        batch = _arg(b, "batch", int, self.batch_max, check=lambda n: n >= 1, what="an int >= 1")
+        vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
+        sub = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient, topic,
+                                  limit, min(batch, self.batch_max), float(vis))
+        self.reply(sender, env, protocol.OK, {"sub": sub.id, "incarnation": self.incarnation,
+                                              "max_in_flight": limit})
+        self._push(sub)
+
+    @handles(protocol.QUEUE_UNSUBSCRIBE)
+    def _unsubscribe(self, env, sender) -> None:
+        gone = self.subs.remove(protocol.address_to_wire(sender), _arg(env.b, "sub", str, None))
+        self.reply(sender, env, protocol.OK, {"removed": [s.id for s in gone]})
+
+    # -- operators --------------------------------------------------------------------------
+    @handles(protocol.QUEUE_STATS)
+    def _stats(self, env, sender) -> None:
+        stats = self._db(self.store.stats)
+        now = time.time()
+        status, detail = self.health()
+        per_owner = self.inflight.per_owner()
+        stats.update(
+            rates=self.rates.rates(now, stats["totals"]),
+            latency_ms=self.latency.percentiles(now),
+            in_flight=per_owner,
+            subscriptions=[s.view(per_owner.get(s.owner, 0)) for s in self.subs.subs.values()],
+            inbox={"enabled": self.sink is not None, "delivered": self.inbox_done,
+                   "failed": self.inbox_failed, "ms_per_file": round(self.inbox_cost_s * 1e3, 3)},
+            group_commit={"window_ms": self.group_commit_s * 1000, "commits": self.group.commits,
+                          "items": self.group.committed_items, "largest": self.group.largest},
+            health={"status": status, "detail": detail}, storage_errors=self.storage_errors,
+            incarnation=self.incarnation, db_path=str(self.db_path))
+        self.reply(sender, env, protocol.OK, stats)
+
+    @handles(protocol.QUEUE_DLQ)
+    def _dlq(self, env, sender) -> None:
+        limit = _arg(env.b, "limit", int, 100, check=lambda n: 1 <= n <= 10_000,
+                     what="an int in 1..10000")
+        offset = _arg(env.b, "offset", int, 0, check=lambda n: n >= 0, what="an int >= 0")
+        msgs = self._db(self.store.dead_letters, limit, offset)
+        self.reply(sender, env, protocol.OK, {
+            "messages": [core.wire_message(m) for m in msgs],
+            "total": self.store.stats()["depth"]["dead"]})
+
+    @handles(protocol.QUEUE_REQUEUE)
+    def _requeue(self, env, sender) -> None:
+        if _arg(env.b, "all", bool, False):
+            missing, n = [], self._db(self.store.requeue, None)
+        else:
+            ids = core.id_list(env.b)
+            if not ids:
+                raise PermanentError("queue.requeue needs ids or all=true")
+            missing = [i for i in dict.fromkeys(ids)
+                       if (m := self.store.get(i)) is None or m.state != "dead"]
+            n = self._db(self.store.requeue, ids)
+        self.reply(sender, env, protocol.OK, {"requeued": n, "missing": missing})
+        if n:
+            self._schedule_pump()
+
+    @handles(protocol.QUEUE_PURGE)
+    def _purge(self, env, sender) -> None:
+        state = _arg(env.b, "state", str, "dead", check=lambda s: s in _PURGE_STATES,
+                     what=" | ".join(_PURGE_STATES))
+        recipient = _arg(env.b, "recipient", str, None)
+        n = self._db(self.store.purge, state, recipient)
+        self.reply(sender, env, protocol.OK, {"purged": n, "state": state,
+                                              "recipient": recipient})

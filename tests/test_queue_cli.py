@@ -1,0 +1,165 @@
+"""`swarm send` and `swarm queue ...` through the real CLI against a running swarm."""
+from __future__ import annotations
+
+import json
+import time
+
+import msgpack
+import pytest
+
+from actors.queue.commands import parse_jsonl, send_batches
+from tests.conftest import Swarm
+
+
+def test_parse_jsonl_and_batch_report_map_results_to_line_numbers():
+    lines = ['{"recipient": "a", "text": "t", "id": "x1"}', "", "{bad", "[1]",
+             '{"recipient": "a", "text": 3}', '{"recipient": "a", "payload": {"k": [1]}}',
+             '{"recipient": "a", "text": "t", "id": "x1"}']
+    items, rejected = parse_jsonl(lines)
+    assert [n for n, _ in items] == [1, 6, 7]
+    assert rejected == [(3, "invalid JSON: Expecting property name enclosed in double quotes"),
+                        (4, "not a JSON object"), (5, "text must be a string")]
+    assert msgpack.unpackb(items[1][1]["payload"]) == {"k": [1]}
+    assert items[1][1]["sender"] == "cli" and items[1][1]["id"]  # the CLI assigns ids
+
+    def fake_queue(batch):
+        ids = [i["id"] for i in batch]
+        return {"accepted": ids[:1], "duplicates": ids[1:], "rejected": [], "ids": ids}
+    report = send_batches(fake_queue, items, rejected, batch_max=2)
+    assert (report["accepted"], report["duplicates"], report["rejected"]) == (2, 1, 3)
+    assert report["duplicate_lines"] == [{"line": 6, "id": items[1][1]["id"]}]
+
+
+@pytest.fixture(scope="module")
+def cs(tmp_path_factory):
+    s = Swarm(tmp_path_factory.mktemp("qcli"), {
+        "agents": {"names": ["Agent-1"]},
+        "services": {"queue": {"enabled": True, "batch_max": 3}}})
+    s.start()
+    yield s
+    s.cleanup()
+
+
+def one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("swarm: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], proc.stderr
+
+
+def queue_stats(swarm: Swarm) -> dict:
+    return json.loads(swarm.cli("queue", "stats", "--json").stdout)
+
+
+def wait(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_send_prints_the_id_and_says_duplicate(cs):
+    mid = cs.cli("send", "Agent-1", "hello from the cli").stdout.strip()
+    assert len(mid) == 26  # a generated, time-sortable id
+    inbox = cs.dir / "agents" / "Agent-1" / "inbox"
+    text = wait(lambda: (inbox / f"{mid}.md").exists() and (inbox / f"{mid}.md").read_text())
+    assert "From: cli" in text and text.endswith("\nhello from the cli\n")
+    assert cs.cli("send", "Agent-1", "hi", "--id", "cli-1", "--priority", "urgent",
+                  "--type", "note").stdout.strip() == "cli-1"
+    again = cs.cli("send", "Agent-1", "hi", "--id", "cli-1")
+    assert again.returncode == 0 and "cli-1 (duplicate" in again.stdout
+    assert json.loads(cs.cli("send", "Agent-1", "hi", "--id", "cli-1", "--json").stdout) == {
+        "id": "cli-1", "duplicate": True}
+    note = wait(lambda: (inbox / "cli-1.md").exists() and (inbox / "cli-1.md").read_text())
+    assert "Priority: urgent" in note and "Type: note" in note
+
+
+def test_send_rejections_and_usage_errors_are_one_line(cs):
+    one_line_error(cs.cli("send", "Agent-1", "x", "--id", "../../etc", check=False),
+                   "rejected: unsafe id")
+    one_line_error(cs.cli("send", "Agent-1", check=False), "needs RECIPIENT and TEXT")
+    one_line_error(cs.cli("send", "--file", str(cs.dir / "nope.jsonl"), check=False),
+                   "cannot read")
+
+
+def test_send_file_reports_counts_and_line_numbers(cs):
+    cs.cli("send", "pending", "x", "--id", "f-old")
+    lines = [
+        '{"recipient": "pending", "text": "one", "id": "f-1"}',              # 1 accepted
+        '{"recipient": "pending", "payload": {"n": 2}, "priority": "high"}',  # 2 accepted
+        "",                                                                  # 3 skipped
+        '{"recipient": "pending", "text": "dup in file", "id": "f-1"}',      # 4 duplicate
+        '{"recipient": "pending", "text": "old", "id": "f-old"}',            # 5 duplicate
+        '{"recipient": "pending", "text": "x", "priority": "whenever"}',     # 6 rejected
+        '{"recipient": "pending", "text": "x", "bogus": true}',              # 7 rejected
+        "{not json",                                                         # 8 malformed
+        '{"text": "no recipient"}',                                          # 9 rejected
+        '"just a string"',                                                   # 10 rejected
+        '{"recipient": "pending", "text": "later", "delay_s": 60, "sender": "bot"}',  # 11 ok
+    ]
+    path = cs.dir / "batch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    proc = cs.cli("send", "--file", str(path), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == "accepted 3, duplicates 2, rejected 5"
+    assert out[1:3] == ["line 4: duplicate f-1", "line 5: duplicate f-old"]
+    rejected = out[3:]
+    assert [r.split(":")[0] for r in rejected] == ["line 6", "line 7", "line 8", "line 9",
+                                                   "line 10"]
+    assert "unknown priority 'whenever'" in rejected[0] and "bogus" in rejected[1]
+    assert "invalid JSON" in rejected[2] and "not a JSON object" in rejected[4]
+    assert queue_stats(cs)["ready_by_recipient"]["pending"] == 4
+    # sent again: lines with ids are duplicates now; id-less lines get new ids (new messages)
+    report = json.loads(cs.cli("send", "--file", str(path), "--json", check=False).stdout)
+    assert (report["accepted"], report["duplicates"], report["rejected"]) == (2, 3, 5)
+    assert [d["line"] for d in report["duplicate_lines"]] == [1, 4, 5]
+    good = cs.dir / "good.jsonl"
+    good.write_text('{"recipient": "pending", "text": "a"}\n' * 7)
+    assert cs.cli("send", "--file", str(good)).stdout.strip() == (
+        "accepted 7, duplicates 0, rejected 0")
+
+
+def test_queue_stats_json_has_depths_rates_latency_and_health(cs):
+    stats = queue_stats(cs)
+    assert set(stats) >= {"depth", "by_priority", "oldest_ready_age_s", "rates", "latency_ms",
+                          "in_flight", "subscriptions", "health", "inbox", "group_commit"}
+    assert set(stats["rates"]) == {"enqueue", "deliver", "ack", "nack", "dead"}
+    assert set(stats["latency_ms"]) == {"p50", "p95", "p99", "samples"}
+    assert set(stats["by_priority"]["ready"]) == {"urgent", "high", "normal", "low"}
+    human = cs.cli("queue", "stats").stdout
+    assert human.startswith("health:") and "latency enqueue->ack" in human
+
+
+def test_dlq_requeue_and_purge(cs):
+    cs.cli("send", "Agent-404", "nobody home", "--id", "dead-1")
+    wait(lambda: "dead-1" in cs.cli("queue", "dlq").stdout)
+    dlq = json.loads(cs.cli("queue", "dlq", "--json").stdout)
+    dead = next(m for m in dlq["messages"] if m["id"] == "dead-1")
+    assert dead["payload"] == {"text": "nobody home"} and "unknown agent" in dead["last_error"]
+    out = cs.cli("queue", "requeue", "--all").stdout.strip()
+    assert out.startswith("requeued ") and int(out.split()[1]) >= 1
+    wait(lambda: "dead-1" in cs.cli("queue", "dlq").stdout)  # unknown agent: dead again
+    one_line_error(cs.cli("queue", "requeue", "dead-1", "no-such-id", check=False),
+                   "not dead letters: no-such-id")
+    one_line_error(cs.cli("queue", "requeue", check=False), "ids or --all")
+    assert cs.cli("queue", "purge").stdout.strip() == "purged 1 dead messages"
+    assert cs.cli("queue", "dlq").stdout.strip() == "no dead letters"
+    cs.cli("send", "purge-me", "a")
+    cs.cli("send", "purge-me", "b")
+    assert cs.cli("queue", "purge", "--state", "ready", "--recipient", "purge-me").stdout.strip() \
+        == "purged 2 ready messages of purge-me"
+    assert "purge-me" not in queue_stats(cs)["ready_by_recipient"]
+
+
+def test_queue_commands_fail_in_one_line_when_the_queue_is_off_or_no_swarm(make_swarm):
+    swarm = make_swarm()  # queue disabled
+    for args in (["send", "Agent-1", "x"], ["queue", "stats"], ["queue", "dlq", "--json"]):
+        one_line_error(swarm.cli(*args, check=False), f"no swarm running on 127.0.0.1:{swarm.port}")
+    swarm.start()
+    for args in (["send", "Agent-1", "x"], ["queue", "stats", "--json"]):
+        one_line_error(swarm.cli(*args, check=False), "the queue service is disabled")

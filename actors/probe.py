@@ -9,6 +9,7 @@ detection, error recovery and the asyncio bridge on the real actor system::
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from system import protocol
@@ -72,6 +73,12 @@ class Probe(ServiceActor):
                 self.bridge.post(("burst", i))
         self.bridge.call(push())
         self.reply(sender, env, protocol.OK, {"scheduled": n})
+
+    @handles(protocol.TEST_LOG)
+    def log_text(self, env, sender) -> None:
+        self.log("warning", "probe_log", env.b["text"], echoed=env.b["text"])
+        logging.getLogger("probe.library").warning("library says %s", env.b["text"])
+        self.reply(sender, env, protocol.OK, {})
 
     @handles(protocol.ALERT)
     def alert_sink(self, env, sender) -> None:

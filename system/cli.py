@@ -254,11 +254,13 @@ def _print_reload(reply: dict) -> None:
 # -- logs -------------------------------------------------------------------------------------------
 def follow_log(path: Path, alive=lambda: True, poll_s: float = 0.2):
     """Yield lines appended to ``path``, following it across rotation, while ``alive()``."""
-    handle, inode = None, None
+    handle, inode, from_end = None, None, path.exists()
     while True:
         if handle is None and path.exists():
             handle, inode = open(path, encoding="utf-8", errors="replace"), path.stat().st_ino  # noqa: SIM115 - kept open across yields
-            handle.seek(0, os.SEEK_END)
+            if from_end:  # only the file as first found is skipped; a rotated-in one is new
+                handle.seek(0, os.SEEK_END)
+            from_end = False
         line = handle.readline() if handle else ""
         if line:
             yield line.rstrip("\n")

@@ -182,6 +182,8 @@ TEST_HANG = define("test.hang", "Block the actor inside a handler (tests hung-ac
 TEST_ECHO = define("test.echo", "Echo the body back.")
 TEST_RAISE = define("test.raise", "Raise an exception of class kind.", kind=str)
 TEST_BURST = define("test.burst", "Push n events from the asyncio thread.", n=int)
+TEST_LOG = define("test.log", "Log text through the runtime and through a library logger.",
+                  text=str)
 TEST_EVENTS = define("test.events", "Events received from the asyncio thread so far.")
 
 

@@ -49,7 +49,7 @@ def print_status(status: dict, console: Console | None = None) -> None:
     table = Table(title="swarm: " + ("healthy" if status.get("healthy") else "NOT healthy"),
                   title_justify="left")
     for col in ("NAME", "STATE", "HEALTH", "PID", "RESTARTS", "UPTIME", "RSS", "USS", "CPU%",
-                "DETAIL"):
+                "ERR/MIN", "DETAIL"):
         table.add_column(col, no_wrap=col != "DETAIL")
     for depth, name in tree_order(services):
         v = services[name]
@@ -57,7 +57,9 @@ def print_status(status: dict, console: Console | None = None) -> None:
         table.add_row("  " * depth + name, f"[{style}]{v['state']}[/]" if style else v["state"],
                       v.get("health", ""), str(v["pid"] or "-"), str(v["restarts"]),
                       _uptime(v["uptime_s"]), _size(v["rss_bytes"]), _size(v.get("uss_bytes", 0)),
-                      f"{v.get('cpu_percent', 0.0):.1f}", v["detail"] or "")
+                      f"{v.get('cpu_percent', 0.0):.1f}",
+                      str((v.get("errors") or {}).get("per_minute", 0)),
+                      v["detail"] or v.get("last_error") or "")
     console.print(table)
     total = status.get("total_uss_bytes")
     if total:

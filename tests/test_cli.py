@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from system import protocol
 from tests.conftest import ROOT
 
 
@@ -86,3 +87,19 @@ def test_unknown_command_and_missing_config_are_one_line_errors(tmp_path):
                           text=True, check=False)
     assert proc.returncode == 2 and "config file not found" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_secrets_never_reach_logs_status_or_config_show(make_swarm, monkeypatch):
+    secret = "sup3r-s3cret-token-value"
+    monkeypatch.setenv("PROBE_TOKEN", secret)
+    swarm = make_swarm({"services": {"probe": {"options": {"token": "${env:PROBE_TOKEN}"}}}})
+    swarm.start()
+    swarm.ask("probe", protocol.TEST_LOG, {"text": f"token is {secret}"})
+    shown = swarm.cli("config", "show").stdout + swarm.cli("status", "--json").stdout
+    time.sleep(0.5)
+    swarm.cli("stop")
+    assert secret not in shown
+    logs = swarm.dir / "data" / "logs"
+    text = "".join(p.read_text(errors="replace") for p in logs.iterdir() if p.is_file())
+    assert "token is ***" in text and "library says token is ***" in text
+    assert secret not in text

@@ -56,3 +56,28 @@ def test_exceptions_map_to_recovery_classes():
     assert classify(TransientError("x")) == "transient"
     assert classify(ConfigError(["a", "b"])) == "config"
     assert classify(RuntimeError()) == "fatal"
+
+
+def test_follow_continues_across_rotation(tmp_path):
+    import threading
+    import time
+
+    from system.cli import follow_log
+
+    path = tmp_path / "swarm.log"
+    path.write_text("old line\n")
+    done = threading.Event()
+
+    def writer():
+        time.sleep(0.1)
+        with open(path, "a") as f:
+            f.write("before rotation\n")
+        time.sleep(0.1)
+        path.rename(tmp_path / "swarm.log.1")
+        path.write_text("after rotation\n")
+        time.sleep(0.3)
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    lines = list(follow_log(path, alive=lambda: not done.is_set(), poll_s=0.02))
+    assert lines == ["before rotation", "after rotation"]

@@ -118,6 +118,7 @@ class QueueService(ServiceActor):
             try:
                 self.sink = InboxSink(agents.get("workspace_root", "./agent_workspaces"), names)
             except ValueError as exc:
+                self.on_stop()
                 raise ConfigError(f"agents.names: {exc}") from exc
             swept = self.sink.sweep_temp()
             released = self.store.release_leases(INBOX_OWNER)

@@ -24,7 +24,7 @@ class Registry(ServiceActor):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.entries: dict[str, Entry] = {}
-        self.pings: dict[str, tuple[str, float]] = {}
+        self.pings: dict[str, tuple[str, float, int | None]] = {}  # id -> (name, sent, pid)
         self.last_sample = 0.0
         self.alerts = AlertRouter()
         self.sinks: list[str] = []
@@ -69,6 +69,8 @@ class Registry(ServiceActor):
         if parent is not None and parent.addr and parent.addr != reporter:
             return  # a late report from a supervisor that has since been replaced
         entry = self.entries.setdefault(b["name"], Entry(b["name"]))
+        if b.get("pid") != entry.pid:
+            self._forget_pings(entry.name)  # pings to the previous process are moot
         entry.parent_addr = reporter
         entry.update(b, time.time())
         if entry.state != "running":
@@ -107,18 +109,19 @@ class Registry(ServiceActor):
     def on_tick(self) -> None:
         now = time.time()
         self._route(self.alerts.flush(now))
-        for ping_id, (name, sent) in list(self.pings.items()):
+        for ping_id, (name, sent, pid) in list(self.pings.items()):
             if now - sent > self.timeout_s:
                 del self.pings[ping_id]
-                self._unresponsive(name, now - sent)
-        waiting = {name for name, _ in self.pings.values()}
+                self._unresponsive(name, pid, now - sent)
+        waiting = {name for name, _, _ in self.pings.values()}
         me = protocol.address_to_wire(self.myAddress)
         for entry in self.entries.values():
             if entry.state == "running" and entry.addr and entry.addr != me \
                     and entry.name not in waiting:
-                ping = protocol.HEALTH_PING.encode()
-                self.pings[protocol.decode(ping).id] = (entry.name, now)
-                self.send(protocol.address_from_wire(entry.addr), ping)
+                ping_id = protocol.new_id()
+                self.pings[ping_id] = (entry.name, now, entry.pid)
+                self.send(protocol.address_from_wire(entry.addr),
+                          protocol.HEALTH_PING.encode(id=ping_id))
         if now - self.last_sample >= self.sample_s and "health" in self.entries:
             self._request_samples(now)
 
@@ -132,10 +135,10 @@ class Registry(ServiceActor):
         self.send(protocol.address_from_wire(health.addr),
                   protocol.HEALTH_SAMPLE.encode({"pids": pids, "limits": limits}))
 
-    def _unresponsive(self, name: str, waited: float) -> None:
+    def _unresponsive(self, name: str, pid: int | None, waited: float) -> None:
         entry = self.entries.get(name)
-        if entry is None or entry.state != "running":
-            return
+        if entry is None or entry.state != "running" or entry.pid != pid:
+            return  # the ping went to a process that has since been replaced
         entry.health = "failing"
         cause = f"unresponsive: no health reply within {self.timeout_s:g}s"
         self.log("error", "unresponsive", f"{name} (pid {entry.pid}) did not answer a health "
@@ -151,7 +154,7 @@ class Registry(ServiceActor):
                                              key=f"{name}:unresponsive"), time.time()))
 
     def _forget_pings(self, name: str) -> None:
-        for ping_id in [p for p, (n, _) in self.pings.items() if n == name]:
+        for ping_id in [p for p, (n, _, _) in self.pings.items() if n == name]:
             del self.pings[ping_id]
 
     @handles(protocol.HEALTH_PONG)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from system.launcher import (
     shutdown,
     spawn_boot,
 )
-from system.logs import LOG_FILE, format_line
+from system.logs import LOG_FILE, follow_log, format_line, log_files
 from system.tables import print_status
 
 
@@ -252,40 +251,6 @@ def _print_reload(reply: dict) -> None:
 
 
 # -- logs -------------------------------------------------------------------------------------------
-def follow_log(path: Path, alive=lambda: True, poll_s: float = 0.2):
-    """Yield lines appended to ``path``, following it across rotation, while ``alive()``."""
-    handle, inode, from_end = None, None, path.exists()
-    while True:
-        if handle is None and path.exists():
-            handle, inode = open(path, encoding="utf-8", errors="replace"), path.stat().st_ino  # noqa: SIM115 - kept open across yields
-            if from_end:  # only the file as first found is skipped; a rotated-in one is new
-                handle.seek(0, os.SEEK_END)
-            from_end = False
-        line = handle.readline() if handle else ""
-        if line:
-            yield line.rstrip("\n")
-            continue
-        try:
-            rotated = path.stat().st_ino != inode
-        except FileNotFoundError:
-            rotated = True
-        if handle and rotated:
-            for rest in handle:
-                yield rest.rstrip("\n")
-            handle.close()
-            handle = None
-            continue
-        if not alive():
-            return
-        time.sleep(poll_s)
-
-
-def _log_files(directory: Path) -> list[Path]:
-    rotated = sorted(directory.glob(LOG_FILE + ".*"), key=lambda p: -int(p.suffix[1:])
-                     if p.suffix[1:].isdigit() else 0)
-    return [*rotated, directory / LOG_FILE]
-
-
 def cmd_logs(args) -> int:
     cfg = _config(args)
     directory = data_dir(cfg.data) / "logs"
@@ -305,7 +270,7 @@ def cmd_logs(args) -> int:
         if text:
             print(text, flush=True)
 
-    files = [p for p in _log_files(directory) if p.exists()]
+    files = [p for p in log_files(directory) if p.exists()]
     if not files and not args.follow:
         return _fail(f"no logs yet under {directory}")
     for path in files:

@@ -159,3 +159,38 @@ def format_line(line: str, color: bool = False) -> str | None:
         if code:
             text = f"\033[{code}m{text}\033[0m"
     return text
+
+
+def follow_log(path: Path, alive=lambda: True, poll_s: float = 0.2):
+    """Yield lines appended to ``path``, following it across rotation, while ``alive()``."""
+    handle, inode, from_end = None, None, path.exists()
+    while True:
+        if handle is None and path.exists():
+            handle, inode = open(path, encoding="utf-8", errors="replace"), path.stat().st_ino  # noqa: SIM115 - kept open across yields
+            if from_end:  # only the file as first found is skipped; a rotated-in one is new
+                handle.seek(0, os.SEEK_END)
+            from_end = False
+        line = handle.readline() if handle else ""
+        if line:
+            yield line.rstrip("\n")
+            continue
+        try:
+            rotated = path.stat().st_ino != inode
+        except FileNotFoundError:
+            rotated = True
+        if handle and rotated:
+            for rest in handle:
+                yield rest.rstrip("\n")
+            handle.close()
+            handle = None
+            continue
+        if not alive():
+            return
+        time.sleep(poll_s)
+
+
+def log_files(directory: Path) -> list[Path]:
+    """The log file and its rotated backups, oldest first."""
+    rotated = sorted(directory.glob(LOG_FILE + ".*"), key=lambda p: -int(p.suffix[1:])
+                     if p.suffix[1:].isdigit() else 0)
+    return [*rotated, directory / LOG_FILE]

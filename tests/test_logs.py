@@ -62,7 +62,7 @@ def test_follow_continues_across_rotation(tmp_path):
     import threading
     import time
 
-    from system.cli import follow_log
+    from system.logs import follow_log
 
     path = tmp_path / "swarm.log"
     path.write_text("old line\n")

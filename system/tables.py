@@ -43,8 +43,21 @@ def _uptime(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{seconds:.1f}s")
 
 
+def make_console() -> Console:
+    """A console that keeps rows readable when the output is a pipe or a file."""
+    return Console(highlight=False, width=None if _tty() else 160)
+
+
 def print_status(status: dict, console: Console | None = None) -> None:
-    console = console or Console(highlight=False, width=None if _tty() else 160)
+    console = console or make_console()
+    console.print(status_table(status))
+    total = status.get("total_uss_bytes")
+    if total:
+        console.print(f"total USS of actor processes: {_size(total)}")
+
+
+def status_table(status: dict) -> Table:
+    """The status snapshot as a table, one row per actor in tree order."""
     services = status.get("services", {})
     table = Table(title="swarm: " + ("healthy" if status.get("healthy") else "NOT healthy"),
                   title_justify="left")
@@ -60,7 +73,9 @@ def print_status(status: dict, console: Console | None = None) -> None:
                       f"{v.get('cpu_percent', 0.0):.1f}",
                       str((v.get("errors") or {}).get("per_minute", 0)),
                       v["detail"] or v.get("last_error") or "")
-    console.print(table)
-    total = status.get("total_uss_bytes")
-    if total:
-        console.print(f"total USS of actor processes: {_size(total)}")
+    alerts = status.get("alerts") or []
+    if alerts:
+        last = alerts[-1]
+        table.caption = (f"last alert: [{last['severity']}] {last['service']}: {last['summary']}"
+                         + (f" (x{last['count']})" if last.get("count", 1) > 1 else ""))
+    return table

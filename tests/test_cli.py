@@ -103,3 +103,16 @@ def test_secrets_never_reach_logs_status_or_config_show(make_swarm, monkeypatch)
     text = "".join(p.read_text(errors="replace") for p in logs.iterdir() if p.is_file())
     assert "token is ***" in text and "library says token is ***" in text
     assert secret not in text
+
+
+def test_top_refreshes_the_status_table_until_ctrl_c(shared_swarm):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "system.cli", "top", "--interval", "0.2",
+                             "-c", str(shared_swarm.config_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "registry" in out and "probe" in out and "Traceback" not in err

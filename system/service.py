@@ -113,8 +113,8 @@ class SwarmActor(Actor):
         self.log_level = LEVELS["info"]
         self.parent = None
         self.started_at = time.time()
-        self.errors = ErrorStats()
-        self.rejected = 0
+        self.error_stats = ErrorStats()
+        self.rejected_count = 0
         self.bridge = None
         self._current: protocol.Envelope | None = None
         self._retries: dict[str, int] = {}
@@ -193,7 +193,7 @@ class SwarmActor(Actor):
             else:
                 self.on_system_message(message, sender)
         except Exception as exc:  # noqa: BLE001 - a bug here must not become a PoisonMessage loop
-            self.errors.record("fatal", f"{type(exc).__name__}: {exc}")
+            self.error_stats.record("fatal", f"{type(exc).__name__}: {exc}")
             self.log("error", "internal_error", f"{type(message).__name__} handling failed: "
                      f"{type(exc).__name__}: {exc}", exc=exc)
         finally:
@@ -205,8 +205,8 @@ class SwarmActor(Actor):
     def _on_bytes(self, data: bytes, sender) -> None:
         env = protocol.decode(data)
         if isinstance(env, protocol.BadMessage):
-            self.rejected += 1
-            self.errors.record("permanent", env.detail)
+            self.rejected_count += 1
+            self.error_stats.record("permanent", env.detail)
             self.log("warning", "bad_message", env.detail, code=env.code)
             self.send(sender, protocol.error_reply(env, env.code, env.detail))
             return
@@ -224,14 +224,14 @@ class SwarmActor(Actor):
     def on_unhandled(self, env: protocol.Envelope, sender) -> None:
         """A valid message this actor does not handle (replies are dropped silently)."""
         if env.re is None and env.t != "error":
-            self.rejected += 1
+            self.rejected_count += 1
             self.send(sender, protocol.error_reply(env, "unknown_type",
                                                    f"{self.name} does not handle {env.t}"))
 
     def _recover(self, exc: Exception, env: protocol.Envelope, data: bytes, sender) -> None:
         kind = classify(exc)
         text = str(exc) or type(exc).__name__
-        self.errors.record(kind, text)
+        self.error_stats.record(kind, text)
         if kind == "transient":
             attempt = self._retries.get(env.id, 0) + 1
             if attempt <= TRANSIENT_RETRIES:
@@ -262,7 +262,7 @@ class SwarmActor(Actor):
                 self.on_tick()
             except Exception as exc:  # noqa: BLE001
                 kind = classify(exc)
-                self.errors.record(kind, str(exc))
+                self.error_stats.record(kind, str(exc))
                 self.log("error", "tick_error", f"{type(exc).__name__}: {exc}", exc=exc)
             if self.tick_s:
                 self.wakeupAfter(datetime.timedelta(seconds=self.tick_s), payload="tick")
@@ -276,7 +276,7 @@ class SwarmActor(Actor):
             try:
                 self.on_event(event)
             except Exception as exc:  # noqa: BLE001
-                self.errors.record(classify(exc), str(exc))
+                self.error_stats.record(classify(exc), str(exc))
                 self.log("error", "event_error", f"{type(exc).__name__}: {exc}", exc=exc)
 
     def _stopping(self) -> None:
@@ -297,11 +297,14 @@ class SwarmActor(Actor):
     def _health_ping(self, env, sender) -> None:
         try:
             status, detail = self.health()
+            if status not in ("ok", "degraded", "failing"):
+                raise ValueError(f"health() returned status {status!r}")
+            detail = str(detail)
         except Exception as exc:  # noqa: BLE001 - a broken health() is itself a finding
             status, detail = "failing", f"health check raised {type(exc).__name__}: {exc}"
         self.reply(sender, env, protocol.HEALTH_PONG, {
             "status": status, "detail": detail, "pid": os.getpid(),
-            "errors": self.errors.snapshot(), "rejected": self.rejected})
+            "errors": self.error_stats.snapshot(), "rejected": self.rejected_count})
 
     @handles(protocol.TREE_REGISTRY)
     def _registry_moved(self, env, sender) -> None:
@@ -350,7 +353,7 @@ class ServiceActor(SwarmActor):
         try:
             self.on_start()
         except ConfigError as exc:
-            self.errors.record("config", str(exc))
+            self.error_stats.record("config", str(exc))
             self.log("error", "config_error", f"{self.name} cannot start: {exc}")
             self.reply(sender, env, protocol.SVC_FAILED,
                        {"name": self.name, "reason": str(exc), "state": "failed"})

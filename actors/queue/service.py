@@ -170,7 +170,7 @@ class QueueService(ServiceActor):
                 self.pump_timer = False
                 self._pump()
         except Exception as exc:  # noqa: BLE001 - a timer must never kill the actor
-            self.errors.record("transient" if isinstance(exc, _STORAGE_ERRORS) else "fatal",
+            self.error_stats.record("transient" if isinstance(exc, _STORAGE_ERRORS) else "fatal",
                                str(exc))
             self.log("error", "queue_timer_error", f"{payload}: {type(exc).__name__}: {exc}")
             if payload == "pump":

@@ -1,0 +1,349 @@
+"""Throughput of the persistent queue, end to end and in parts, against SQLite queue libraries.
+
+One run, one machine, one 200-byte payload (msgpack ``{"text": ...}``). Our SQLite is WAL with
+``synchronous=NORMAL``: a commit survives a process crash; the last commits may be lost on power
+loss or an OS crash (``FULL`` would fsync every commit).
+
+1. batched, end to end: a producer actor (``bench.queue:Producer``, a service of the bench's
+   swarm) enqueues N items in ``queue.enqueue`` batches of B=500, 4 requests in flight -> queue
+   actor -> SQLite -> ``queue.deliver`` to a consumer actor (``bench.queue:Consumer``, the
+   ``QueueConsumer`` mixin, max_in_flight 5,000) that acks each batch; timed from the first
+   enqueue to the reply to the ack that completes N (i.e. that ack's commit). Median of 3;
+   ``queue_actor_cpu_batched`` is the queue process's CPU share meanwhile (1.0 = one core).
+2. unbatched: an external client asks ``queue.enqueue`` with one item (answered after its
+   commit) vs a raw Thespian ask of the same envelope bytes to a trivial echo actor in the same
+   system, interleaved in rounds of 100 -> ``unbatched_ratio_vs_raw_ask``.
+3. persist-queue ``SQLiteAckQueue`` (put N, then get+ack N) at synchronous=NORMAL like ours
+   (``persist_queue_*``) and at its default FULL (``persist_queue_default_*``); litequeue
+   (put N, then pop+done N; it sets NORMAL itself). Drain and put rates with a smaller N: both
+   drains slow down as done rows pile up, so these rates (and our ratio to them) depend on N.
+4. raw sqlite3 (insert a batch / lease a batch with UPDATE..RETURNING / delete the acked batch,
+   one transaction each, B=500) and QueueStore alone (enqueue / lease / ack, no actors).
+5. backlog: the QueueStore loop of 4 with BACKLOG rows already stored (half ready rows of another
+   recipient, half rows of the same recipient delayed by a day) vs an empty table, alternated.
+
+    python -m bench.queue [--json] [--quick]      (from the repository root, as a module)
+"""
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import psutil
+from thespian.actors import Actor
+
+from actors.queue.client import QueueConsumer
+from actors.queue.store import QueueStore
+from bench.common import BenchSwarm, emit, parser
+from system import protocol
+from system.admin import AdminClient
+from system.launcher import connect, swarm_processes
+from system.service import ServiceActor, handles
+
+PAYLOAD = msgpack.packb({"text": "x" * 192})  # 200 bytes
+TEXT = "x" * 200                                # litequeue stores TEXT
+B, WINDOW, MAX_IN_FLIGHT, ROUND, REPS, RCPT, TIMEOUT_S = 500, 4, 5_000, 100, 3, "bench", 120.0
+SIZES = {False: {"n": 100_000, "asks": 3_000, "lib": 20_000, "store": 100_000,
+                 "backlog": 1_000_000, "loop": 50_000},
+         True: {"n": 20_000, "asks": 1_000, "lib": 5_000, "store": 20_000,
+                "backlog": 200_000, "loop": 10_000}}
+TARGETS = {"batched_msgs_per_s": 20_000, "batched_vs_persist_queue": 25,
+           "batched_vs_persist_queue_default": 25, "unbatched_ratio_vs_raw_ask": 0.8,
+           "backlog_1m_ratio": 0.7}
+
+
+# -- actors (imported by name in the swarm's processes) ------------------------------------
+class Echo(Actor):
+    """The raw Thespian peer: answers any bytes with the same bytes."""
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, bytes):
+            self.send(sender, message)
+
+
+class Producer(ServiceActor):
+    """``test.echo {cmd: run, queue, recipient, n, batch, window}``: enqueue n items in batches,
+    ``window`` requests in flight; answered {t0, accepted, failed} once every batch is."""
+
+    tick_s = 1.0
+
+    @handles(protocol.TEST_ECHO)
+    def _run(self, env, sender) -> None:
+        b = env.b
+        self.queue, self.waiter = protocol.address_from_wire(b["queue"]), (sender, env)
+        self.left, self.open, self.accepted, self.failed = b["n"], 0, 0, 0
+        self.items = [{"recipient": b["recipient"], "payload": PAYLOAD}] * b["batch"]
+        self.t0 = time.time()
+        for _ in range(b["window"]):
+            self._next()
+
+    def _next(self) -> None:
+        if self.left > 0:
+            k = min(self.left, len(self.items))
+            self.left, self.open = self.left - k, self.open + 1
+            self.request(self.queue, protocol.QUEUE_ENQUEUE, {"items": self.items[:k]},
+                         self._enqueued, TIMEOUT_S)
+        elif self.open == 0:
+            self.reply(*self.waiter, protocol.OK,
+                       {"t0": self.t0, "accepted": self.accepted, "failed": self.failed})
+
+    def _enqueued(self, reply) -> None:
+        self.open -= 1
+        if reply is None or reply.t != protocol.OK.name:
+            self.failed += 1
+        else:
+            self.accepted += len(reply.b["accepted"])
+        self._next()
+
+
+class Consumer(QueueConsumer, ServiceActor):
+    """Subscribes to ``options.recipient``, acks every delivered batch (quietly). ``test.echo
+    {cmd: arm, n}`` resets the count; ``{cmd: wait}`` is answered once n are acked: the ack that
+    completes n asks for a reply, and t_done is when that reply (after its commit) arrives."""
+
+    tick_s = 0.5
+
+    def on_start(self) -> None:
+        opts = self.service_config().get("options", {})
+        self.target, self.acked, self.t_done, self.waiter = 0, 0, None, None
+        self.queue_subscribe(recipient=opts["recipient"], max_in_flight=opts["max_in_flight"],
+                             batch=B)
+
+    def on_tick(self) -> None:
+        self.queue_keepalive()
+
+    def on_queue_messages(self, messages: list[dict]) -> None:
+        ids = [m["id"] for m in messages]
+        self.acked += len(ids)
+        if self.acked - len(ids) < self.target <= self.acked:
+            self.request(self.queue_addr, protocol.QUEUE_ACK, {"ids": ids}, self._last, TIMEOUT_S)
+        else:
+            self.queue_ack(ids)
+
+    def _last(self, reply) -> None:
+        self.t_done = time.time() if reply is not None and reply.t == protocol.OK.name else -1.0
+        self._answer()
+
+    def _answer(self) -> None:
+        if self.waiter is not None and self.t_done is not None:
+            self.reply(*self.waiter, protocol.OK, {"t_done": self.t_done, "acked": self.acked})
+            self.waiter = None
+
+    @handles(protocol.TEST_ECHO)
+    def _command(self, env, sender) -> None:
+        if env.b.get("cmd") == "arm":
+            self.target, self.acked, self.t_done = env.b["n"], 0, None
+            self.reply(sender, env, protocol.OK, {"sub": getattr(self, "queue_sub", None)})
+        else:
+            self.waiter = (sender, env)
+            self._answer()
+
+
+# -- 1 and 2: through the actor system ----------------------------------------------------
+def _ask(asys, addr: str, body: dict) -> dict:
+    with asys.private() as ctx:
+        reply = ctx.ask(protocol.address_from_wire(addr), protocol.TEST_ECHO.encode(body),
+                        TIMEOUT_S)
+    env = protocol.decode(reply) if isinstance(reply, bytes) else None
+    if not isinstance(env, protocol.Envelope) or env.t != protocol.OK.name:
+        raise RuntimeError(f"{body.get('cmd')}: bad answer {reply!r:.200}")
+    return env.b
+
+
+def batched_once(asys, addr: dict, n: int) -> float:
+    deadline = time.monotonic() + 30
+    while not _ask(asys, addr["bench_consumer"], {"cmd": "arm", "n": n})["sub"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the consumer did not subscribe to the queue")
+        time.sleep(0.1)
+    p = _ask(asys, addr["bench_producer"], {"cmd": "run", "queue": addr["queue"], "n": n,
+                                            "recipient": RCPT, "batch": B, "window": WINDOW})
+    c = _ask(asys, addr["bench_consumer"], {"cmd": "wait"})
+    if p["accepted"] != n or p["failed"] or c["t_done"] <= 0 or c["acked"] != n:
+        raise RuntimeError(f"batched run incomplete: producer {p}, consumer {c}")
+    return n / (c["t_done"] - p["t0"])
+
+
+def unbatched(asys, queue_addr: str, asks: int) -> tuple[float, float]:
+    """(queue enqueue asks/s, raw echo asks/s), interleaved in rounds of ROUND."""
+    queue, echo = protocol.address_from_wire(queue_addr), asys.createActor("bench.queue.Echo")
+    item = {"recipient": RCPT + "-unbatched", "payload": PAYLOAD}  # nobody consumes it
+
+    def enqueue():
+        env = protocol.decode(asys.ask(queue, protocol.QUEUE_ENQUEUE.encode({"items": [item]}),
+                                       TIMEOUT_S))
+        if not isinstance(env, protocol.Envelope) or len(env.b.get("accepted", ())) != 1:
+            raise RuntimeError(f"unbatched enqueue failed: {env}")
+
+    def raw():
+        data = protocol.QUEUE_ENQUEUE.encode({"items": [item]})
+        if asys.ask(echo, data, TIMEOUT_S) != data:
+            raise RuntimeError("the echo actor did not answer")
+
+    cases, spent = [enqueue, raw], [0.0, 0.0]
+    for fn in cases * 20:  # warm-up
+        fn()
+    for r in range(asks // ROUND):
+        for i in (0, 1) if r % 2 else (1, 0):
+            t0 = time.perf_counter()
+            for _ in range(ROUND):
+                cases[i]()
+            spent[i] += time.perf_counter() - t0
+    return asks // ROUND * ROUND / spent[0], asks // ROUND * ROUND / spent[1]
+
+
+def through_actors(size: dict) -> dict:
+    services = {"queue": {"synchronous": "NORMAL", "batch_max": B},
+                "bench_consumer": {"actor": "bench.queue:Consumer", "depends_on": ["queue"],
+                                   "options": {"recipient": RCPT, "max_in_flight": MAX_IN_FLIGHT}},
+                "bench_producer": {"actor": "bench.queue:Producer", "depends_on": ["queue"]}}
+    with BenchSwarm({"services": services}) as swarm:
+        swarm.start()
+        admin, asys = AdminClient(swarm.config), connect(swarm.config)
+        found = {name: admin.call(protocol.ADMIN_LOOKUP, {"name": name})
+                 for name in ("queue", "bench_consumer", "bench_producer")}
+        addr = {name: f["addr"] for name, f in found.items()}
+        queue_proc = psutil.Process(found["queue"]["pid"])
+        batched_once(asys, addr, 2 * B)  # warm-up
+        cpu0, t0 = sum(queue_proc.cpu_times()[:2]), time.perf_counter()
+        samples = [batched_once(asys, addr, size["n"]) for _ in range(REPS)]
+        cpu = (sum(queue_proc.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
+        queue_rate, raw_rate = unbatched(asys, addr["queue"], size["asks"])
+        stats = protocol.decode(asys.ask(protocol.address_from_wire(addr["queue"]),
+                                         protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
+        if stats["depth"]["leased"] or stats["ready_by_recipient"].get(RCPT):
+            raise RuntimeError(f"messages left unacked: {stats['depth']}")
+    return {"batched_msgs_per_s": statistics.median(samples),
+            "batched_samples": [round(x) for x in samples], "queue_actor_cpu_batched": cpu,
+            "unbatched_msgs_per_s": queue_rate, "raw_ask_per_s": raw_rate,
+            "unbatched_ratio_vs_raw_ask": queue_rate / raw_rate,
+            "swarm_processes_left": len(swarm_processes(swarm.port))}
+
+
+# -- 3, 4, 5: libraries, raw SQLite and the store, no actors -------------------------------
+def _drain_rates(n: int, put, take) -> tuple[float, float]:
+    """(puts/s, takes/s): n puts, then n takes."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        put()
+    t1 = time.perf_counter()
+    for _ in range(n):
+        take()
+    return n / (t1 - t0), n / (time.perf_counter() - t1)
+
+
+def libraries(n: int, tmp: Path) -> dict:
+    import persistqueue
+    from litequeue import LiteQueue
+
+    out = {}
+    for key, sync in (("persist_queue", "NORMAL"), ("persist_queue_default", None)):
+        q = persistqueue.SQLiteAckQueue(str(tmp / key))  # WAL; synchronous defaults to FULL
+        if sync:
+            q._conn.execute(f"PRAGMA synchronous = {sync}")
+        out[f"{key}_put_per_s"], out[f"{key}_msgs_per_s"] = _drain_rates(
+            n, lambda q=q: q.put(PAYLOAD), lambda q=q: q.ack(q.get(block=False)))
+        q.close()
+    lq = LiteQueue(str(tmp / "lq.db"))
+    out["litequeue_put_per_s"], out["litequeue_msgs_per_s"] = _drain_rates(
+        n, lambda: lq.put(TEXT), lambda: lq.done(lq.pop().message_id))
+    lq.conn.close()
+    return out
+
+
+def raw_sqlite(n: int, tmp: Path) -> float:
+    conn = sqlite3.connect(tmp / "raw.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, payload BLOB "
+                 "NOT NULL, state INTEGER NOT NULL DEFAULT 0, available_at REAL NOT NULL, "
+                 "attempts INTEGER NOT NULL DEFAULT 0, lease_expires_at REAL)")
+    conn.execute("CREATE INDEX ix_ready ON q(recipient, available_at, id) WHERE state = 0")
+    lease = ("UPDATE q SET state = 1, attempts = attempts + 1, lease_expires_at = ? WHERE id IN "
+             "(SELECT id FROM q WHERE state = 0 AND recipient = ? AND available_at <= ? "
+             "ORDER BY available_at, id LIMIT ?) RETURNING id, payload")
+
+    def tx(sql: str, args, many: bool = True) -> list:  # one transaction
+        conn.execute("BEGIN IMMEDIATE")
+        rows = (conn.executemany if many else conn.execute)(sql, args).fetchall()
+        conn.execute("COMMIT")
+        return rows
+
+    t0 = time.perf_counter()
+    for _ in range(n // B):
+        now = time.time()
+        tx("INSERT INTO q (recipient, payload, available_at) VALUES (?, ?, ?)",
+           [(RCPT, PAYLOAD, now)] * B)
+        leased = tx(lease, (now + 30, RCPT, time.time(), B), many=False)
+        tx("DELETE FROM q WHERE id = ? AND state = 1", [(r[0],) for r in leased])
+    rate = n // B * B / (time.perf_counter() - t0)
+    conn.close()
+    return rate
+
+
+def store_loop(store: QueueStore, n: int) -> float:
+    """Batched enqueue, lease, ack through QueueStore (the calls the queue actor makes)."""
+    items = [{"recipient": RCPT, "payload": PAYLOAD}] * B
+    t0 = time.perf_counter()
+    for _ in range(n // B):
+        store.enqueue(items)
+        if store.ack([m.id for m in store.lease(RCPT, B, "bench", 30.0)], "bench") != B:
+            raise RuntimeError("store loop: not every leased message was acked")
+    return n // B * B / (time.perf_counter() - t0)
+
+
+def backlog(rows: int, n: int, tmp: Path) -> tuple[float, float]:
+    """(median rate on an empty table, median rate with ``rows`` stored), alternated."""
+    other = [{"recipient": "other", "payload": PAYLOAD}] * 5_000
+    later = [{"recipient": RCPT, "payload": PAYLOAD, "delay_s": 86_400.0}] * 5_000
+    with QueueStore(tmp / "empty.db") as empty, QueueStore(tmp / "full.db") as full:
+        for i in range(rows // 5_000):
+            full.enqueue(later if i % 2 else other)
+        rates: dict[str, list[float]] = {"empty": [], "full": []}
+        for _ in range(REPS):
+            for name, store in (("empty", empty), ("full", full)):
+                rates[name].append(store_loop(store, n))
+    return statistics.median(rates["empty"]), statistics.median(rates["full"])
+
+
+def run(quick: bool) -> dict:
+    size = SIZES[quick]
+    r: dict = {"quick": quick, "payload_bytes": len(PAYLOAD), "batch": B, "synchronous": "NORMAL",
+               "n_batched": size["n"], "n_unbatched_asks": size["asks"], "n_libraries": size["lib"],
+               "n_store": size["store"], "backlog_rows": size["backlog"],
+               "n_backlog_loop": size["loop"], **through_actors(size)}
+    with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
+        r.update(libraries(size["lib"], Path(tmp)))
+        r["raw_sqlite_msgs_per_s"] = raw_sqlite(size["store"], Path(tmp))
+        with QueueStore(Path(tmp) / "store.db") as store:
+            r["store_msgs_per_s"] = store_loop(store, size["store"])
+        r["backlog_empty_msgs_per_s"], r["backlog_msgs_per_s"] = backlog(
+            size["backlog"], size["loop"], Path(tmp))
+    for key, num, den in (
+            ("backlog_1m_ratio", "backlog_msgs_per_s", "backlog_empty_msgs_per_s"),
+            ("batched_vs_persist_queue", "batched_msgs_per_s", "persist_queue_msgs_per_s"),
+            ("batched_vs_persist_queue_default", "batched_msgs_per_s",
+             "persist_queue_default_msgs_per_s"),
+            ("batched_vs_store", "batched_msgs_per_s", "store_msgs_per_s"),
+            ("store_vs_raw_sqlite", "store_msgs_per_s", "raw_sqlite_msgs_per_s")):
+        r[key] = r[num] / r[den]
+    r = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+    r["targets_met"] = {k: r[k] >= t for k, t in TARGETS.items()}
+    return r
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    r = run(args.quick)
+    rows = [(k, v) for k, v in r.items() if k != "targets_met"]
+    rows += [(f"target {k} >= {t:g}", "met" if r["targets_met"][k] else "MISSED")
+             for k, t in TARGETS.items()]
+    emit(args, r, rows)
+
+
+if __name__ == "__main__":
+    main()

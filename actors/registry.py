@@ -69,10 +69,13 @@ class Registry(ServiceActor):
         if parent is not None and parent.addr and parent.addr != reporter:
             return  # a late report from a supervisor that has since been replaced
         entry = self.entries.setdefault(b["name"], Entry(b["name"]))
-        if b.get("pid") != entry.pid:
+        new_process = b.get("pid") != entry.pid
+        if new_process:
             self._forget_pings(entry.name)  # pings to the previous process are moot
         entry.parent_addr = reporter
         entry.update(b, time.time())
+        if new_process:
+            self._ping(entry, time.time())  # health known now, not a poll period later
         if entry.state != "running":
             self._forget_pings(entry.name)
         elif entry.addr == protocol.address_to_wire(self.myAddress):
@@ -114,16 +117,18 @@ class Registry(ServiceActor):
                 del self.pings[ping_id]
                 self._unresponsive(name, pid, now - sent)
         waiting = {name for name, _, _ in self.pings.values()}
-        me = protocol.address_to_wire(self.myAddress)
         for entry in self.entries.values():
-            if entry.state == "running" and entry.addr and entry.addr != me \
-                    and entry.name not in waiting:
-                ping_id = protocol.new_id()
-                self.pings[ping_id] = (entry.name, now, entry.pid)
-                self.send(protocol.address_from_wire(entry.addr),
-                          protocol.HEALTH_PING.encode(id=ping_id))
+            if entry.name not in waiting:
+                self._ping(entry, now)
         if now - self.last_sample >= self.sample_s and "health" in self.entries:
             self._request_samples(now)
+
+    def _ping(self, entry: Entry, now: float) -> None:
+        if entry.state != "running" or not entry.addr or entry.addr == self.registry:
+            return
+        ping_id = protocol.new_id()
+        self.pings[ping_id] = (entry.name, now, entry.pid)
+        self.send(protocol.address_from_wire(entry.addr), protocol.HEALTH_PING.encode(id=ping_id))
 
     def _request_samples(self, now: float) -> None:
         health = self.entries["health"]

@@ -10,6 +10,7 @@ correlates the reply by message id, re-resolves the admin if it moved (restarted
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 from system import protocol
@@ -28,6 +29,8 @@ class AdminError(Exception):
 
 
 class AdminClient:
+    _ctx = None  # set before connect() can raise, so __del__ always finds it
+
     def __init__(self, config: dict, timeout: float = 15.0):
         self.config = config
         self.asys = connect(config)
@@ -53,6 +56,16 @@ class AdminClient:
                 self._admin = None
                 time.sleep(0.05)
 
+    def close(self) -> None:
+        """Release the private endpoint (also done when the client is garbage collected)."""
+        if self._ctx is not None:
+            self._ctx, manager = None, self._ctx_manager
+            with contextlib.suppress(Exception):
+                manager.__exit__(None, None, None)
+
+    def __del__(self) -> None:
+        self.close()
+
     def _root(self):
         # The pid file appears once boot has created the root: looking the name up earlier
         # would make Thespian create a second, rogue root that the launcher then adopts.
@@ -61,23 +74,25 @@ class AdminClient:
         return self.asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
 
     def _ask(self, addr, mtype, body, deadline: float) -> dict:
-        data = mtype.encode(body)
-        mid = protocol.decode(data).id
+        mid = protocol.new_id()
+        data = mtype.encode(body, id=mid)
         attempt_end = min(deadline, time.monotonic() + ATTEMPT_TIMEOUT_S)
-        with self.asys.private() as ctx:
-            reply = ctx.ask(addr, data, max(0.01, attempt_end - time.monotonic()))
-            while reply is not None:
-                if not isinstance(reply, (bytes, bytearray)):  # PoisonMessage: addr is gone
-                    raise AdminError("moved", f"{mtype.name} was not delivered")
-                env = protocol.decode(reply)
-                if isinstance(env, protocol.Envelope) and env.re == mid:
-                    if env.t == "error":
-                        raise AdminError(env.b["code"], env.b["detail"])
-                    return env.b
-                remaining = attempt_end - time.monotonic()
-                if remaining <= 0:
-                    break
-                reply = ctx.listen(remaining)
+        if self._ctx is None:  # one private endpoint per client: replies never mix with others'
+            self._ctx_manager = self.asys.private()
+            self._ctx = self._ctx_manager.__enter__()
+        reply = self._ctx.ask(addr, data, max(0.01, attempt_end - time.monotonic()))
+        while reply is not None:
+            if not isinstance(reply, (bytes, bytearray)):  # PoisonMessage: addr is gone
+                raise AdminError("moved", f"{mtype.name} was not delivered")
+            env = protocol.decode(reply)
+            if isinstance(env, protocol.Envelope) and env.re == mid:
+                if env.t == "error":
+                    raise AdminError(env.b["code"], env.b["detail"])
+                return env.b
+            remaining = attempt_end - time.monotonic()
+            if remaining <= 0:
+                break
+            reply = self._ctx.listen(remaining)
         if time.monotonic() < deadline:
             raise AdminError("moved", f"no answer to {mtype.name}; retrying")
         raise AdminError("timeout", f"no answer to {mtype.name} within the timeout")

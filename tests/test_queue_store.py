@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from actors.queue.model import IdGenerator, NewMessage, Priority
-from actors.queue.store import LEASE_ANY_SQL, LEASE_ONE_SQL, SCHEMA_VERSION, QueueStore
+from actors.queue.store import LEASE_ONE_SQL, READY_SQL, SCHEMA_VERSION, QueueStore
 from system.errors import ConfigError, TransientError
 
 T0 = 1_700_000_000.0
@@ -381,9 +381,9 @@ def test_lease_query_plan_is_a_bounded_range_on_the_partial_index(store):
         params = {"owner": "o", "exp": 1.0, "rcpt": "alice", "prio": 2, "now": 1.0, "lim": 100}
         return " | ".join(r[3] for r in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
 
-    one, many = plan(LEASE_ONE_SQL), plan(LEASE_ANY_SQL)
+    one, many = plan(LEASE_ONE_SQL), plan(READY_SQL)  # READY_SQL: lease_any, per recipient
     assert "INDEX ix_ready (recipient=? AND priority=? AND available_at<?)" in one
-    assert "INDEX ix_ready_any (priority=? AND available_at<?)" in many
+    assert "INDEX ix_ready (recipient=? AND priority=? AND available_at<?)" in many
     assert "SCAN messages" not in one + many and "TEMP B-TREE" not in one + many
     expiry = " | ".join(r[3] for r in store._conn.execute(
         "EXPLAIN QUERY PLAN UPDATE messages SET state = 0 "

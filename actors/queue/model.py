@@ -10,9 +10,9 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_ID_LEN = 128
 MAX_RECIPIENT_LEN = 200
@@ -92,8 +92,7 @@ class NewMessage:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> NewMessage:
         """Build from a decoded envelope dict; unknown keys -> ValueError."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
+        unknown = set(data) - FIELDS
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(map(str, unknown))}")
         if "recipient" not in data or "payload" not in data:
@@ -102,48 +101,61 @@ class NewMessage:
 
     def problem(self) -> str | None:
         """Why this message cannot be enqueued, or None if it is valid."""
-        if not isinstance(self.recipient, str) or not self.recipient.strip():
-            return "empty recipient"
-        if len(self.recipient) > MAX_RECIPIENT_LEN:
-            return f"recipient longer than {MAX_RECIPIENT_LEN} characters"
-        if not isinstance(self.payload, (bytes, bytearray)):
-            return f"payload must be bytes, not {type(self.payload).__name__}"
-        if not isinstance(self.sender, str):
-            return "sender must be a str"
-        if not isinstance(self.type, str) or not self.type:
-            return "type must be a non-empty str"
+        out = check_fields(self.recipient, self.payload, self.sender, self.type, self.priority,
+                           self.headers, self.delay_s, self.id, self.max_attempts)
+        return out if isinstance(out, str) else None
+
+
+FIELDS = frozenset(f.name for f in fields(NewMessage))
+PRIORITY_OF_LABEL = {p.label: int(p) for p in Priority}
+
+
+def check_fields(recipient: Any, payload: Any, sender: Any, kind: Any, priority: Any,
+                 headers: Any, delay_s: Any, mid: Any, max_attempts: Any) -> int | str:
+    """The priority as an int if the fields of a :class:`NewMessage` are valid, else why not
+    (a str). One pass, no objects built: the store's enqueue calls it for every item."""
+    if not isinstance(recipient, str) or not recipient.strip():
+        return "empty recipient"
+    if len(recipient) > MAX_RECIPIENT_LEN:
+        return f"recipient longer than {MAX_RECIPIENT_LEN} characters"
+    if not isinstance(payload, (bytes, bytearray)):
+        return f"payload must be bytes, not {type(payload).__name__}"
+    if not isinstance(sender, str):
+        return "sender must be a str"
+    if not isinstance(kind, str) or not kind:
+        return "type must be a non-empty str"
+    prio = PRIORITY_OF_LABEL.get(priority) if priority.__class__ is str else None
+    if prio is None:
         try:
-            Priority.parse(self.priority)
+            prio = int(Priority.parse(priority))
         except ValueError as exc:
             return str(exc)
-        if self.headers is not None and not (
-            isinstance(self.headers, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items())
-        ):
-            return "headers must be a dict[str, str]"
-        delay = self.delay_s
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-            return "delay_s must be a number"
-        if not math.isfinite(delay):
-            return "delay_s must be finite"
-        if delay < 0:
-            return "negative delay"
-        if self.id is not None and (reason := check_message_id(self.id)):
-            return reason
-        if self.max_attempts is not None and (
-            isinstance(self.max_attempts, bool)
-            or not isinstance(self.max_attempts, int)
-            or self.max_attempts < 1
-        ):
-            return "max_attempts must be an int >= 1"
-        return None
+    if headers is not None and not (
+        isinstance(headers, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        return "headers must be a dict[str, str]"
+    if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)):
+        return "delay_s must be a number"
+    if not math.isfinite(delay_s):
+        return "delay_s must be finite"
+    if delay_s < 0:
+        return "negative delay"
+    if mid is not None and (reason := check_message_id(mid)):
+        return reason
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        return "max_attempts must be an int >= 1"
+    return prio
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A stored message as read back (leased, dead letter or ``get``).
+class Message(NamedTuple):
+    """A stored message as read back (leased, dead letter or ``get``): an immutable record.
 
     ``priority`` and ``state`` are labels (``"normal"``, ``"leased"``); times are clock seconds.
+    A NamedTuple rather than a frozen dataclass: the store builds one per leased row, and a
+    tuple is several times cheaper to create.
     """
 
     id: str
@@ -165,11 +177,29 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (msgpack-able: payload stays bytes)."""
-        return asdict(self)
+        return self._asdict()
 
 
 Leased = Message
 DeadLetter = Message
+
+
+def item_fields(item: NewMessage | Mapping) -> tuple | str:
+    """(recipient, payload, sender, type, priority, headers, delay_s, id, max_attempts) of an
+    item, or why it is not a message. A plain dict is read without building a NewMessage."""
+    if item.__class__ is dict and FIELDS.issuperset(item) and "recipient" in item \
+            and "payload" in item:
+        get = item.get
+        return (item["recipient"], item["payload"], get("sender", ""), get("type", "text"),
+                get("priority", "normal"), get("headers"), get("delay_s", 0.0), get("id"),
+                get("max_attempts"))
+    if not isinstance(item, NewMessage):
+        try:
+            item = NewMessage.from_mapping(item)
+        except (TypeError, ValueError) as exc:
+            return f"invalid message: {exc}"
+    return (item.recipient, item.payload, item.sender, item.type, item.priority, item.headers,
+            item.delay_s, item.id, item.max_attempts)
 
 
 @dataclass(slots=True)
@@ -183,6 +213,8 @@ class EnqueueResult:
     duplicates: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)
+    leased: list[Message] = field(default_factory=list)
+    """Accepted messages stored already leased (``enqueue(..., lease=...)``), in lease order."""
 
 
 @dataclass(slots=True)
@@ -198,26 +230,33 @@ class NackResult:
 
 
 class IdGenerator:
-    """Monotonic ULID-like ids: 48-bit milliseconds + 80-bit random, 26 chars of base32hex.
+    """Monotonic, time-sortable ids of 26 characters from ``0-9A-V`` (base32hex, as ULIDs).
 
-    base32hex (``0-9A-V``) keeps byte order, so ids sort by creation time; within one
-    millisecond (or if the clock steps back) the random part is incremented, so ids made by
-    one generator are strictly increasing.
+    An id is a prefix of 18 characters, the base32hex of (48-bit milliseconds, 42 random bits),
+    then an 8-digit uppercase hex counter. The prefix is recomputed only when the clock's
+    millisecond changes, so most ids cost one string format (~0.3 us, not ~7 us for encoding
+    128 bits). ``0-9A-F`` sort like their base32hex values and every part has a fixed width,
+    so ids sort by creation time; within one millisecond (or if the clock steps back) the
+    counter grows, so ids made by one generator are strictly increasing. Ids of generators
+    started in the same millisecond differ by their random bits.
     """
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._last_ms = -1
-        self._last_rand = 0
+        self._prefix = ""
+        self._n = 0
 
     def __call__(self) -> str:
-        ms = max(int(self._clock() * 1000), 0)
-        if ms <= self._last_ms:
-            ms, rand = self._last_ms, self._last_rand + 1
-            if rand >> 80:
-                ms, rand = ms + 1, secrets.randbits(79)
-        else:
-            rand = secrets.randbits(79)  # top bit clear: room to increment
-        self._last_ms, self._last_rand = ms, rand
-        raw = ((ms & (2**48 - 1)) << 80 | rand).to_bytes(16, "big")
-        return base64.b32hexencode(raw).decode("ascii")[:26]
+        ms = int(self._clock() * 1000)
+        if ms > self._last_ms or self._n > 0xFFFFFFFF:
+            self._rebase(ms)
+        n = self._n
+        self._n = n + 1
+        return f"{self._prefix}{n:08X}"
+
+    def _rebase(self, ms: int) -> None:
+        ms = max(ms, self._last_ms + 1, 0)  # counter exhausted in this millisecond: borrow one
+        raw = ((ms & (2**48 - 1)) << 48 | secrets.randbits(48)).to_bytes(12, "big")
+        self._prefix = base64.b32hexencode(raw).decode("ascii")[:18]
+        self._last_ms, self._n = ms, 0

@@ -55,6 +55,7 @@ STORAGE_FAIL_AFTER = 3    # consecutive storage errors -> health "failing"
 PURGE_EVERY_S = 60.0      # acked-id retention sweep period
 IDLE_EXPIRIES_MAX = 3     # lease expiries in a row without an ack -> subscriber gone
 INBOX_OWNER = "inbox"
+QUIET_BYTES_MIN = 2048    # envelopes above this size are sent as core.QuietBytes
 _STORAGE_ERRORS = (sqlite3.Error, OSError, TransientError)
 _PURGE_STATES = ("dead", "ready", "leased", "all")
 
@@ -149,6 +150,12 @@ class QueueService(ServiceActor):
                            storage_errors=self.storage_errors, fail_after=STORAGE_FAIL_AFTER,
                            writable=self.writable, last_error=self.last_storage_error)
 
+    def send(self, target, message) -> None:
+        """Every send of the queue: large envelopes as :class:`core.QuietBytes`."""
+        if message.__class__ is bytes and len(message) > QUIET_BYTES_MIN:
+            message = core.QuietBytes(message)
+        super().send(target, message)
+
     def _db(self, fn, *args, **kw):
         """Call the store, counting consecutive storage errors (health)."""
         try:
@@ -197,7 +204,7 @@ class QueueService(ServiceActor):
         if time.monotonic() - self.last_purge >= PURGE_EVERY_S:
             self.last_purge = time.monotonic()
             self._db(self.store.purge_acked, self.retention_s)
-        self.rates.sample(now, self._db(self.store.stats)["totals"])
+        self.rates.sample(now, self.store.totals())
         self.writable = all(os.access(p, os.W_OK) for p in (self.db_path, self.db_path.parent)
                             if p.exists())
         self._pump()
@@ -223,8 +230,10 @@ class QueueService(ServiceActor):
         items, requests = self.group.take()
         if not requests:
             return
+        recipients = {r for i in items if isinstance(r := i.get("recipient"), str)}
+        waiting = self._waiting(recipients) if self.subs.subs else None
         try:
-            result = self._db(self.store.enqueue, items)
+            result = self._db(self.store.enqueue, items, waiting)
         except Exception as exc:  # noqa: BLE001 - every producer must get an answer
             self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
             for req in requests:
@@ -233,8 +242,33 @@ class QueueService(ServiceActor):
             return
         for sender, env, body in self.group.split(result, requests):
             self.reply(sender, env, protocol.OK, body)
-        if result.accepted:
+        by_owner: dict[str, list] = {}
+        for m in result.leased:
+            by_owner.setdefault(m.lease_owner, []).append(m)
+        for owner, msgs in by_owner.items():
+            self._deliver(self.subs.by_owner(owner), msgs)
+        if len(result.accepted) > len(result.leased) and not self.pump_timer and any(
+                self.route(r) or any(s.matches(r) for s in self.subs.subs.values())
+                for r in recipients):
+            # A pump wakeup costs ~0.1 ms: only when a round has something to deliver (pull
+            # consumers need none; the tick pumps anyway).
             self._schedule_pump()
+
+    def _waiting(self, recipients: set[str]) -> dict[str, tuple[str, int, float]]:
+        """recipient -> (owner, room, visibility_s) of a subscription with room for it, at
+        most one recipient per subscription: the store leases new messages of these
+        recipients in the enqueue transaction (when nothing of theirs is ready already)."""
+        out: dict[str, tuple[str, int, float]] = {}
+        subs = self.subs.in_turn()
+        for rcpt in recipients:
+            if self.route(rcpt):
+                continue
+            for sub in subs:
+                if sub.matches(rcpt) and (room := self._room(sub)) > 0:
+                    out[rcpt] = (sub.owner, room, sub.visibility_s)
+                    subs.remove(sub)
+                    break
+        return out
 
     # -- delivery ---------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -243,8 +277,11 @@ class QueueService(ServiceActor):
         if self.sink is not None and self._inbox_round():
             self._schedule_pump(ROUND_GAP_S)
 
+    def _room(self, sub: core.Subscription) -> int:
+        return min(sub.max_in_flight - self.inflight.count[sub.owner], sub.batch)
+
     def _push(self, sub: core.Subscription) -> None:
-        room = min(sub.max_in_flight - self.inflight.count[sub.owner], sub.batch)
+        room = self._room(sub)
         if room <= 0:
             return
         if sub.recipient is not None:
@@ -259,10 +296,13 @@ class QueueService(ServiceActor):
             if len(msgs) >= room:
                 break
         if msgs:
-            self.inflight.add(sub.owner, msgs)
-            self.send(sub.addr, protocol.QUEUE_DELIVER.encode(
-                {"sub": sub.id, "incarnation": self.incarnation,
-                 "messages": [core.wire_message(m) for m in msgs]}))
+            self._deliver(sub, msgs)
+
+    def _deliver(self, sub: core.Subscription, msgs: list) -> None:
+        self.inflight.add(sub.owner, msgs)
+        self.send(sub.addr, protocol.QUEUE_DELIVER.encode(
+            {"sub": sub.id, "incarnation": self.incarnation,
+             "messages": [core.wire_message(m) for m in msgs]}))
 
     def _inbox_round(self) -> bool:
         """Deliver one batch to inbox files; True if more may be ready now."""

@@ -27,11 +27,13 @@ Design (see /work/shared/QUEUE_NOTES.md):
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Self
 
@@ -48,33 +50,84 @@ from actors.queue.model import (
     NewMessage,
     Priority,
     State,
+    check_fields,
+    item_fields,
 )
-from actors.queue.schema import LEASE_ANY_SQL, LEASE_ONE_SQL, SCHEMA_VERSION, is_busy
+from actors.queue.schema import LEASE_ONE_SQL, LEASE_ROWIDS_SQL, READY_SQL, SCHEMA_VERSION, is_busy
 from system.errors import ConfigError, TransientError
 
-__all__ = ["LEASE_ANY_SQL", "LEASE_ONE_SQL", "SCHEMA_VERSION", "QueueStore"]
+__all__ = ["LEASE_ONE_SQL", "READY_SQL", "SCHEMA_VERSION", "QueueStore"]
 
 READY, LEASED, DEAD = State.READY, State.LEASED, State.DEAD
 _PURGE_STATES = {"ready": (READY,), "leased": (LEASED,), "dead": (DEAD,),
                  "all": (READY, LEASED, DEAD)}
+_TOTALS = ("enqueued", "duplicates", "rejected", "leased", "acked", "nacked", "retried", "dead",
+           "expired", "requeued", "purged")
+_RCPT_PRIO = itemgetter(0, 1)        # rows RETURNING recipient, priority, ...
+_RCPT_PRIO_OF_ROW = itemgetter(1, 4)  # rows as INSERT_SQL / COLS: id, recipient, ..., priority
+_PRIO_ID_OF_ROW = itemgetter(4, 0)
+_RCPT_PRIO_OF_LEASED = itemgetter(2, 3)  # rows RETURNING rowid, id, recipient, priority, ...
+_LEASE_ORDER = itemgetter(4, 1)      # available_at, id (RETURNING order is unspecified)
+_ID_OF_ROW, _PAYLOAD_OF_ROW = itemgetter(0), itemgetter(5)
+FRESH_MAX_ROWS = 100_000             # memory of committed, never leased rows (see _leased)
+FRESH_MAX_BYTES = 32 << 20
 
 
 class _Tx:
-    """Counter changes of one transaction, applied only once it has committed."""
+    """One ``BEGIN IMMEDIATE`` transaction (``with _Tx(store) as tx``); "database is
+    locked/busy" -> TransientError. Counter changes are applied only once it has committed.
+    A plain class, not a @contextmanager: an unbatched enqueue pays for it on every request."""
 
-    __slots__ = ("depth", "totals")
+    __slots__ = ("depth", "store", "totals")
 
-    def __init__(self) -> None:
+    def __init__(self, store: QueueStore) -> None:
+        self.store = store
         self.depth: Counter[tuple[int, str, int]] = Counter()
         self.totals: Counter[str] = Counter()
 
-    def move(self, rows: Sequence[tuple], old: int | None, new: int | None) -> None:
-        """Rows of (recipient, priority, ...) went from state ``old`` to ``new`` (None: gone)."""
-        for row in rows:
+    def __enter__(self) -> Self:
+        try:
+            self.store._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            _raise_busy(exc)
+            raise
+        return self
+
+    def __exit__(self, etype, exc, tb) -> None:
+        conn = self.store._conn
+        if etype is None:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                _raise_busy(err)
+                raise
+            self.store._apply(self)
+            return
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            _raise_busy(exc)
+
+    def move(self, rows: Sequence[tuple], old: int | None, new: int | None,
+             key: Callable = _RCPT_PRIO) -> None:
+        """Rows (``key`` -> (recipient, priority)) went from state ``old`` to ``new``
+        (None: gone)."""
+        if not rows:
+            return
+        depth = self.depth
+        for (rcpt, prio), n in Counter(map(key, rows)).items():
             if old is not None:
-                self.depth[(old, row[0], row[1])] -= 1
+                depth[(old, rcpt, prio)] -= n
             if new is not None:
-                self.depth[(new, row[0], row[1])] += 1
+                depth[(new, rcpt, prio)] += n
+
+
+def _raise_busy(exc: sqlite3.OperationalError) -> None:
+    """"database is locked/busy" (another connection holds a lock) -> TransientError."""
+    if is_busy(exc):
+        raise TransientError(f"queue store busy: {exc}") from exc
 
 
 class QueueStore:
@@ -99,6 +152,8 @@ class QueueStore:
         self.remember_acked = remember_acked
         self._depth: Counter[tuple[int, str, int]] = Counter()
         self._totals: Counter[str] = Counter()
+        self._fresh: dict[str, tuple] = {}  # id -> INSERT row, committed and never leased
+        self._fresh_bytes = 0
         try:
             self._conn = schema.connect(self.path, synchronous, busy_timeout_s)
         except sqlite3.OperationalError as exc:
@@ -117,23 +172,16 @@ class QueueStore:
         self.close()
 
     # -- transactions -----------------------------------------------------------------
-    @contextmanager
-    def _write(self) -> Iterator[_Tx]:
-        tx = _Tx()
-        with self._read():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield tx
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-        self._depth.update(tx.depth)
-        self._totals.update(tx.totals)
-        for key in tx.depth:
-            if not self._depth[key]:
-                del self._depth[key]
+    def _apply(self, tx: _Tx) -> None:
+        depth = self._depth
+        for key, n in tx.depth.items():
+            if n:
+                if total := depth[key] + n:
+                    depth[key] = total
+                else:
+                    del depth[key]
+        if tx.totals:
+            self._totals.update(tx.totals)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -146,50 +194,89 @@ class QueueStore:
             raise
 
     # -- producer side ------------------------------------------------------------------
-    def enqueue(self, items: Sequence[NewMessage | Mapping]) -> EnqueueResult:
+    def enqueue(self, items: Sequence[NewMessage | Mapping],
+                lease: Mapping[str, tuple[str, int, float]] | None = None) -> EnqueueResult:
         """Store a batch in one transaction.
 
         Duplicates: an id already in the queue (any state, incl. dead), acked within the
         ``acked_ids`` window, or repeated earlier in the same batch. Invalid items are
         reported in ``rejected`` as (index, reason) and do not abort the rest.
+
+        ``lease`` maps a recipient to (owner, limit, visibility_s) of a consumer waiting for
+        it: if that recipient has no ready message (none could be overtaken), up to ``limit``
+        of its new messages available now are stored already leased to ``owner`` and
+        returned in ``result.leased``: what ``lease()`` would return right after this commit,
+        without its UPDATE and read-back (a third of the SQL work of a message).
         """
         result = EnqueueResult(ids=[None] * len(items))
-        now = self._clock()
-        valid: list[tuple[int, NewMessage]] = []
+        now, new_id, attempts = self._clock(), self._new_id, self.default_max_attempts
+        rows: list[tuple[int, tuple]] = []
+        supplied: list[str] = []
         for i, item in enumerate(items):
-            try:
-                msg = item if isinstance(item, NewMessage) else NewMessage.from_mapping(item)
-            except (TypeError, ValueError) as exc:
-                result.rejected.append((i, f"invalid message: {exc}"))
+            fields = item_fields(item)
+            prio = fields if fields.__class__ is str else check_fields(*fields)
+            if prio.__class__ is str:
+                result.rejected.append((i, prio))
                 continue
-            if reason := msg.problem():
-                result.rejected.append((i, reason))
+            recipient, payload, sender, kind, _, headers, delay, mid, max_attempts = fields
+            if mid is None:
+                mid = new_id()
             else:
-                valid.append((i, msg))
-        if not valid:
+                supplied.append(mid)
+            rows.append((i, (mid, recipient, sender, kind, prio, bytes(payload),
+                             msgpack.packb(headers) if headers else None, now, now + delay,
+                             max_attempts or attempts)))
+        if not rows:
             self._totals["rejected"] += len(result.rejected)
             return result
-        supplied = [m.id for _, m in valid if m.id is not None]
-        rows: list[tuple] = []
-        with self._write() as tx:
-            known = self._existing(supplied) if supplied else set()
-            for i, msg in valid:
-                mid = msg.id if msg.id is not None else self._new_id()
-                result.ids[i] = mid
-                if mid in known:
-                    result.duplicates.append(mid)
-                    continue
-                known.add(mid)
-                result.accepted.append(mid)
-                prio = int(Priority.parse(msg.priority))
-                rows.append((mid, msg.recipient, msg.sender, msg.type, prio, bytes(msg.payload),
-                             msgpack.packb(msg.headers) if msg.headers else None, now,
-                             now + msg.delay_s, msg.max_attempts or self.default_max_attempts))
-            self._conn.executemany(schema.INSERT_SQL, rows)
-            tx.move([(r[1], r[4]) for r in rows], None, READY)
-            tx.totals.update(enqueued=len(rows), duplicates=len(result.duplicates),
-                             rejected=len(result.rejected))
+        with _Tx(self) as tx:
+            if supplied:  # generated ids are new by construction
+                known = self._existing(supplied)
+                keep = []
+                for i, row in rows:
+                    mid = result.ids[i] = row[0]
+                    if mid in known:
+                        result.duplicates.append(mid)
+                    else:
+                        known.add(mid)
+                        keep.append(row)
+            else:
+                for i, row in rows:
+                    result.ids[i] = row[0]
+                keep = [row for _, row in rows]
+            result.accepted = [row[0] for row in keep]
+            leased = self._lease_new(keep, lease, now) if lease else []
+            if leased:
+                taken = {row[0] for row, _, _ in leased}
+                keep = [row for row in keep if row[0] not in taken]
+                self._conn.executemany(schema.INSERT_LEASED_SQL,
+                                       [row + (owner, exp) for row, owner, exp in leased])
+                tx.move([row for row, _, _ in leased], None, LEASED, _RCPT_PRIO_OF_ROW)
+                result.leased = [schema.inserted_to_leased(row, row[8], 1, owner, exp)
+                                 for row, owner, exp in leased]
+            self._conn.executemany(schema.INSERT_SQL, keep)
+            tx.move(keep, None, READY, _RCPT_PRIO_OF_ROW)
+            tx.totals.update(enqueued=len(result.accepted), duplicates=len(result.duplicates),
+                             rejected=len(result.rejected), leased=len(leased))
+        self._remember(keep)
         return result
+
+    def _lease_new(self, rows: list[tuple], lease: Mapping[str, tuple[str, int, float]],
+                   now: float) -> list[tuple[tuple, str, float]]:
+        """(row, owner, lease_expires_at) for the new rows ``enqueue(..., lease)`` stores
+        leased: per recipient in ``lease`` without ready rows, the first ``limit`` rows
+        available now in lease order (priority, id; they share available_at)."""
+        busy = {rcpt for (state, rcpt, _), n in self._depth.items() if state == READY and n}
+        wanted: dict[str, list[tuple]] = {}
+        for row in rows:
+            if row[1] in lease and row[8] <= now and row[1] not in busy:
+                wanted.setdefault(row[1], []).append(row)
+        out = []
+        for rcpt, group in wanted.items():
+            owner, limit, visibility_s = lease[rcpt]
+            group.sort(key=_PRIO_ID_OF_ROW)
+            out += [(row, owner, now + visibility_s) for row in group[:max(limit, 0)]]
+        return out
 
     def _existing(self, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -212,34 +299,74 @@ class QueueStore:
 
     def _lease(self, recipient: str | None, limit: int, owner: str,
                visibility_s: float) -> list[Leased]:
-        ready = Counter()
-        for (state, rcpt, prio), n in self._depth.items():
-            if state == READY and n > 0 and (recipient is None or rcpt == recipient):
-                ready[prio] += n
-        if limit <= 0 or not ready:
+        pairs = sorted((prio, rcpt) for (state, rcpt, prio), n in self._depth.items()
+                       if state == READY and n > 0 and recipient in (None, rcpt))
+        if limit <= 0 or not pairs:
             return []
         now = self._clock()
-        out: list[Leased] = []
-        sql = LEASE_ANY_SQL if recipient is None else LEASE_ONE_SQL
-        params = {"owner": owner, "exp": now + visibility_s, "rcpt": recipient, "now": now}
-        with self._write() as tx:
-            for prio in sorted(ready):
-                if len(out) >= limit:
+        rows: list[tuple] = []  # rowid, id, recipient, priority, available_at, attempts
+        params = {"owner": owner, "exp": now + visibility_s, "now": now}
+        conn = self._conn
+        with _Tx(self) as tx:
+            for prio in sorted({p for p, _ in pairs}):
+                if len(rows) >= limit:
                     break
-                params.update(prio=prio, lim=limit - len(out))
-                rows = self._conn.execute(sql, params).fetchall()
-                rows.sort(key=lambda r: (r[8], r[0]))  # RETURNING order is unspecified
-                out.extend(map(schema.row_to_message, rows))
-                tx.move([(r[1], r[4]) for r in rows], READY, LEASED)
+                params.update(prio=prio, lim=limit - len(rows))
+                if recipient is not None:
+                    got = conn.execute(LEASE_ONE_SQL, {**params, "rcpt": recipient}).fetchall()
+                else:  # the first of each recipient's range, merged
+                    found = [c for p, rcpt in pairs if p == prio
+                             for c in conn.execute(READY_SQL, {**params, "rcpt": rcpt})]
+                    found.sort(key=itemgetter(1, 2))
+                    rowids = json.dumps([c[0] for c in found[:limit - len(rows)]])
+                    got = conn.execute(LEASE_ROWIDS_SQL, {**params, "rowids": rowids}
+                                       ).fetchall() if found else []
+                got.sort(key=_LEASE_ORDER)
+                rows += got
+            out = self._leased(rows, owner, params["exp"])
+            tx.move(rows, READY, LEASED, _RCPT_PRIO_OF_LEASED)
             tx.totals["leased"] += len(out)
         return out
+
+    def _leased(self, rows: list[tuple], owner: str, expires_at: float) -> list[Leased]:
+        """Messages of just leased ``rows``: from the memory of fresh rows, else read back."""
+        fresh, out, missing = self._fresh, [], {}
+        for rowid, mid, _, _, available_at, attempts in rows:
+            row = fresh.pop(mid, None)
+            if row is None:
+                missing[rowid] = len(out)
+                out.append(None)
+            else:
+                self._fresh_bytes -= len(row[5])
+                out.append(schema.inserted_to_leased(row, available_at, attempts, owner,
+                                                     expires_at))
+        if missing:
+            for row in self._conn.execute(schema.ROWS_SQL, (json.dumps(list(missing)),)):
+                out[missing[row[0]]] = schema.row_to_message(row[1:])
+        return out
+
+    def _remember(self, rows: list[tuple]) -> None:
+        """Keep committed INSERT rows for :meth:`_leased`; forget everything when that would
+        hold more than FRESH_MAX_ROWS / FRESH_MAX_BYTES (nobody is consuming them)."""
+        size = sum(map(len, map(_PAYLOAD_OF_ROW, rows)))
+        if (len(self._fresh) + len(rows) > FRESH_MAX_ROWS
+                or self._fresh_bytes + size > FRESH_MAX_BYTES):
+            self._forget_fresh()
+            if len(rows) > FRESH_MAX_ROWS or size > FRESH_MAX_BYTES:
+                return
+        self._fresh.update(zip(map(_ID_OF_ROW, rows), rows))
+        self._fresh_bytes += size
+
+    def _forget_fresh(self) -> None:
+        self._fresh.clear()
+        self._fresh_bytes = 0
 
     def ack(self, ids: Sequence[str], owner: str | None = None) -> int:
         """Delete leased messages (of ``owner`` if given); unknown/already acked/not leased
         ids count 0. Returns the number acked."""
         now = self._clock()
         done = 0
-        with self._write() as tx:
+        with _Tx(self) as tx:
             for chunk in schema.id_chunks(ids):
                 rows = self._conn.execute(
                     f"DELETE FROM messages WHERE state = 1 AND id IN {schema.IDS} "
@@ -259,7 +386,7 @@ class QueueStore:
         dead-letter them (with ``last_error``) when out of attempts or ``retry=False``."""
         now = self._clock()
         res = NackResult()
-        with self._write() as tx:
+        with _Tx(self) as tx:
             for chunk in schema.id_chunks(ids):
                 rows = self._conn.execute(
                     "SELECT recipient, priority, id, attempts, max_attempts FROM messages "
@@ -295,7 +422,7 @@ class QueueStore:
         now = self._clock()
         clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease expired'"
         expired = "state = 1 AND lease_expires_at < :now"
-        with self._write() as tx:
+        with _Tx(self) as tx:
             dead = self._conn.execute(
                 f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {expired} "
                 "AND attempts >= max_attempts RETURNING recipient, priority",
@@ -314,7 +441,7 @@ class QueueStore:
         inbox sink after a crash. Returns the count."""
         clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease released'"
         mine = "state = 1 AND lease_owner = :owner"
-        with self._write() as tx:
+        with _Tx(self) as tx:
             dead = self._conn.execute(
                 f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {mine} "
                 "AND attempts >= max_attempts RETURNING recipient, priority",
@@ -341,7 +468,7 @@ class QueueStore:
         sql = ("UPDATE messages SET state = 0, attempts = 0, available_at = :now, dead_at = NULL"
                " WHERE state = 2{} RETURNING recipient, priority")
         n = 0
-        with self._write() as tx:
+        with _Tx(self) as tx:
             batches = [None] if ids is None else list(schema.id_chunks(ids))
             for chunk in batches:
                 where = "" if chunk is None else f" AND id IN {schema.IDS}"
@@ -357,7 +484,9 @@ class QueueStore:
         if state not in _PURGE_STATES:
             raise ValueError(f"purge state must be one of {sorted(_PURGE_STATES)}, not {state!r}")
         n = 0
-        with self._write() as tx:
+        if READY in _PURGE_STATES[state]:
+            self._forget_fresh()
+        with _Tx(self) as tx:
             for st in _PURGE_STATES[state]:
                 rows = self._conn.execute(
                     f"DELETE FROM messages WHERE state = {int(st)} "
@@ -370,7 +499,7 @@ class QueueStore:
 
     def purge_acked(self, older_than_s: float) -> int:
         """Forget acked ids older than ``older_than_s`` (ends their dedup window)."""
-        with self._write():
+        with _Tx(self):
             cur = self._conn.execute("DELETE FROM acked_ids WHERE acked_at < ?",
                                      (self._clock() - older_than_s,))
             return cur.rowcount
@@ -388,10 +517,13 @@ class QueueStore:
         return sorted({r for (s, r, _), n in self._depth.items() if s == READY and n > 0})
 
     def next_available_at(self) -> float | None:
-        """Earliest ``available_at`` of any ready message (to schedule a wake-up), or None."""
+        """Earliest ``available_at`` of any ready message (to schedule a wake-up), or None:
+        one indexed MIN per (recipient, priority) that has ready messages."""
+        sql = ("SELECT MIN(available_at) FROM messages WHERE state = 0 AND recipient = ? "
+               "AND priority = ?")
         with self._read() as conn:
-            times = [conn.execute("SELECT MIN(available_at) FROM messages WHERE state = 0 "
-                                  "AND priority = ?", (int(p),)).fetchone()[0] for p in Priority]
+            times = [conn.execute(sql, (rcpt, prio)).fetchone()[0]
+                     for (state, rcpt, prio), n in self._depth.items() if state == READY and n]
         return min((t for t in times if t is not None), default=None)
 
     def next_lease_expiry(self) -> float | None:
@@ -400,8 +532,13 @@ class QueueStore:
             return conn.execute(
                 "SELECT MIN(lease_expires_at) FROM messages WHERE state = 1").fetchone()[0]
 
+    def totals(self) -> dict[str, int]:
+        """Operation counters since open (enqueued, duplicates, ..., purged); no query."""
+        return {k: self._totals[k] for k in _TOTALS}
+
     def stats(self) -> dict:
-        """Depths from the in-memory counters plus 4 indexed MIN() lookups; no table scan."""
+        """Depths from the in-memory counters plus one indexed MIN() per (recipient, priority)
+        with ready messages; no table scan."""
         by_state = {s.label: 0 for s in State}
         by_prio = {s.label: {p.label: 0 for p in Priority} for s in State}
         ready_by_rcpt: Counter[str] = Counter()
@@ -413,14 +550,12 @@ class QueueStore:
                     ready_by_rcpt[rcpt] += n
         nxt = self.next_available_at()
         now = self._clock()
-        totals = ("enqueued", "duplicates", "rejected", "leased", "acked", "nacked", "retried",
-                  "dead", "expired", "requeued", "purged")
         return {
             "depth": {**by_state, "total": sum(by_state.values())},
             "by_priority": by_prio,
             "ready_by_recipient": dict(sorted(ready_by_rcpt.items())),
             "oldest_ready_age_s": max(now - nxt, 0.0) if nxt is not None else 0.0,
-            "totals": {k: self._totals[k] for k in totals},
+            "totals": self.totals(),
         }
 
     def _count_rows(self) -> Counter[tuple[int, str, int]]:
@@ -432,6 +567,7 @@ class QueueStore:
         """Reload the depth counters with a full COUNT (done at open; needed only if another
         process wrote to the database)."""
         self._depth = self._count_rows()
+        self._forget_fresh()
 
     def recount(self) -> dict[tuple[str, str, str], int]:
         """Exact depths by COUNT(*), keyed (state, recipient, priority) (diagnostics)."""

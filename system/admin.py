@@ -4,13 +4,13 @@
     status = client.call(protocol.ADMIN_STATUS)
 
 The client finds the admin through the root supervisor (globalName ``swarm``, which lives as
-long as the system) and then talks to it directly. Each call uses a private Thespian context,
-correlates the reply by message id, re-resolves the admin if it moved (restarted), and raises
-:class:`AdminError` (one clear line) on an error reply or a timeout; it never hangs.
+long as the system) and then talks to it directly over this process' endpoint for the swarm
+(``launcher.connect``; use clients from one thread at a time). Each call correlates the reply
+by message id (stray replies are skipped), re-resolves the admin if it moved (restarted),
+and raises :class:`AdminError` (one clear line) on an error reply or a timeout; it never hangs.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 from system import protocol
@@ -29,8 +29,6 @@ class AdminError(Exception):
 
 
 class AdminClient:
-    _ctx = None  # set before connect() can raise, so __del__ always finds it
-
     def __init__(self, config: dict, timeout: float = 15.0):
         self.config = config
         self.asys = connect(config)
@@ -56,16 +54,6 @@ class AdminClient:
                 self._admin = None
                 time.sleep(0.05)
 
-    def close(self) -> None:
-        """Release the private endpoint (also done when the client is garbage collected)."""
-        if self._ctx is not None:
-            self._ctx, manager = None, self._ctx_manager
-            with contextlib.suppress(Exception):
-                manager.__exit__(None, None, None)
-
-    def __del__(self) -> None:
-        self.close()
-
     def _root(self):
         # The pid file appears once boot has created the root: looking the name up earlier
         # would make Thespian create a second, rogue root that the launcher then adopts.
@@ -77,10 +65,7 @@ class AdminClient:
         mid = protocol.new_id()
         data = mtype.encode(body, id=mid)
         attempt_end = min(deadline, time.monotonic() + ATTEMPT_TIMEOUT_S)
-        if self._ctx is None:  # one private endpoint per client: replies never mix with others'
-            self._ctx_manager = self.asys.private()
-            self._ctx = self._ctx_manager.__enter__()
-        reply = self._ctx.ask(addr, data, max(0.01, attempt_end - time.monotonic()))
+        reply = self.asys.ask(addr, data, max(0.01, attempt_end - time.monotonic()))
         while reply is not None:
             if not isinstance(reply, (bytes, bytearray)):  # PoisonMessage: addr is gone
                 raise AdminError("moved", f"{mtype.name} was not delivered")
@@ -92,7 +77,7 @@ class AdminClient:
             remaining = attempt_end - time.monotonic()
             if remaining <= 0:
                 break
-            reply = self._ctx.listen(remaining)
+            reply = self.asys.listen(remaining)
         if time.monotonic() < deadline:
             raise AdminError("moved", f"no answer to {mtype.name}; retrying")
         raise AdminError("timeout", f"no answer to {mtype.name} within the timeout")

@@ -1,7 +1,8 @@
-"""Admin actor (globalName ``swarm-admin``): the entry point for CLI, Discord and Twitch commands.
+"""Admin actor: the entry point for CLI, Discord and Twitch commands, and the config watcher.
 
 Each command is an ``admin.*`` message; the admin asks the registry (or the owning
-supervisor) and answers the requester with ``ok`` or ``error``, correlated by message id.
+supervisor, or the queue) and answers the requester with ``ok`` or ``error``, correlated by
+message id. External clients find it through the root supervisor (see ``system/admin.py``).
 """
 from __future__ import annotations
 

@@ -41,6 +41,8 @@ class Child:
     restarts_carried: int = 0
     """Restarts the current policy does not count: manual ones, and those of replaced policies."""
     removed: bool = False
+    cid: str = ""
+    """Correlation id of the request that asked for this child's restart (logged by the child)."""
 
 
 def _wait(seconds: float) -> datetime.timedelta:
@@ -105,6 +107,9 @@ class Supervisor(SwarmActor):
         child.gen += 1
         child.state = "starting"
         child.addr = self.createActor(child.d.actor)
+        if child.cid:
+            protocol.correlate(child.cid)
+            child.cid = ""
         self.send(child.addr, protocol.SVC_INIT.encode(
             {"name": child.d.spec.name, "config": self.config, "registry": self.registry,
              "root": self.root, "config_file": self.config_file}))
@@ -360,6 +365,7 @@ class Supervisor(SwarmActor):
     def _restart_child(self, name: str) -> None:
         child = self.children[name]
         child.restarts_carried += 1
+        child.cid = self._current.cid if self._current is not None else ""
         if child.addr is not None:
             self._stop_children([name])
             if name not in self.to_start:

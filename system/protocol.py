@@ -49,6 +49,9 @@ class Envelope(NamedTuple):
     """Unix time the sender created it."""
     b: dict
     """Body: a map whose fields depend on the type."""
+    cid: str = ""
+    """Correlation id: the id of the request that started this chain of messages (``c`` on the
+    wire; the message's own id when absent). Logged, so one request can be followed."""
 
 
 class BadMessage(NamedTuple):
@@ -68,10 +71,11 @@ class MessageType(NamedTuple):
 
     def encode(self, body: dict | None = None, *, re: str | None = None,
                id: str | None = None) -> bytes:
-        """Pack ``body`` into an envelope of this type."""
-        return msgpack.packb(
-            {"t": self.name, "id": id or new_id(), "re": re, "ts": time.time(), "b": body or {}},
-            use_bin_type=True)
+        """Pack ``body`` into an envelope of this type (carrying the current correlation id)."""
+        env = {"t": self.name, "id": id or new_id(), "re": re, "ts": time.time(), "b": body or {}}
+        if _correlation:
+            env["c"] = _correlation
+        return msgpack.packb(env, use_bin_type=True)
 
     def reply(self, to: Envelope, body: dict | None = None) -> bytes:
         """Pack a reply to ``to``."""
@@ -79,6 +83,14 @@ class MessageType(NamedTuple):
 
 
 TYPES: dict[str, MessageType] = {}
+_correlation = ""
+
+
+def correlate(cid: str) -> None:
+    """Make messages encoded from now on carry ``cid`` (the service base sets it to the message
+    being handled, and clears it after). Actors are single-threaded, so a module value suffices."""
+    global _correlation
+    _correlation = cid
 
 
 def define(type_name: str, doc: str, /, **required: type | tuple[type, ...]) -> MessageType:
@@ -231,7 +243,9 @@ def decode(data: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope | BadMessa
     problem = _check(body, mtype)
     if problem:
         return BadMessage("bad_message", problem, mid)
-    return Envelope(t, mid, re, float(ts), body)
+    cid = raw.get("c")
+    return Envelope(t, mid, re, float(ts), body, cid if isinstance(cid, str) and len(cid) <= 128
+                    else mid)
 
 
 def error_reply(bad: BadMessage | Envelope | None, code: str, detail: str) -> bytes:

@@ -126,6 +126,7 @@ class SwarmActor(Actor):
             return
         if self._current is not None:
             fields.setdefault("msg_id", self._current.id)
+            fields.setdefault("cid", self._current.cid)
         log(level, self.name, event, msg, **fields)
 
     def reply(self, to_addr, env: protocol.Envelope | None, mtype: protocol.MessageType,
@@ -198,6 +199,7 @@ class SwarmActor(Actor):
                      f"{type(exc).__name__}: {exc}", exc=exc)
         finally:
             self._current = None
+            protocol.correlate("")
         if self.bridge is not None and self.bridge.running:
             return ThespianWatch([self.bridge.fileno()])
         return None
@@ -211,6 +213,7 @@ class SwarmActor(Actor):
             self.send(sender, protocol.error_reply(env, env.code, env.detail))
             return
         self._current = env
+        protocol.correlate(env.cid)
         try:
             if env.re is not None and env.re in self._pending:
                 self._pending.pop(env.re)[0](env)

@@ -116,3 +116,28 @@ def test_top_refreshes_the_status_table_until_ctrl_c(shared_swarm):
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "registry" in out and "probe" in out and "Traceback" not in err
+
+
+def test_one_request_can_be_followed_across_actors_by_its_correlation_id(shared_swarm):
+    from system.admin import AdminClient
+
+    client = AdminClient(shared_swarm.config)
+    client.call(protocol.HEALTH_PING)  # resolve the admin first
+    data = protocol.ADMIN_RESTART.encode({"name": "probe"}, id="trace-4711")
+    reply = client.asys.ask(client._admin, data, 10)
+    assert protocol.decode(reply).t == "ok"
+    time.sleep(0.5)
+    log = shared_swarm.dir / "data" / "logs" / "swarm.log"
+    traced = {json.loads(line)["service"] for line in log.read_text().splitlines()
+              if '"cid": "trace-4711"' in line}
+    assert {"services", "probe"} <= traced  # supervisor's restart and the new probe's start
+
+
+def test_start_refuses_an_invalid_config_and_starts_nothing(make_swarm):
+    swarm = make_swarm()
+    good = swarm.config_path.read_text()
+    swarm.config_path.write_text(good + "surprise: 1\n")
+    proc = swarm.cli("start", "-d", check=False)
+    assert proc.returncode == 2 and "unknown key 'surprise'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not swarm.processes()
+    swarm.config_path.write_text(good)

@@ -85,11 +85,13 @@ INSERT_LEASED_SQL = (INSERT_SQL.replace(") VALUES (", ", state, attempts, lease_
                                         "lease_expires_at) VALUES (")[:-1] + ", 1, 1, ?, ?)")
 
 
-def id_chunks(ids: Sequence[str], size: int = 5000) -> Iterator[str]:
-    """Distinct ``ids`` as JSON arrays of at most ``size``, to bind as ``:ids`` of ``IDS``."""
+def id_chunks(ids: Sequence[str], size: int = 5000) -> Iterator[tuple[str, int]]:
+    """Distinct ``ids`` as (JSON array of at most ``size``, how many), to bind the JSON as
+    ``:ids`` of ``IDS``."""
     unique = list(dict.fromkeys(ids))
     for i in range(0, len(unique), size):
-        yield json.dumps(unique[i:i + size])
+        part = unique[i:i + size]
+        yield json.dumps(part), len(part)
 
 
 _PRIORITY_LABELS = tuple(p.label for p in Priority)

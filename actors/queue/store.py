@@ -283,7 +283,7 @@ class QueueStore:
         sql = f"SELECT id FROM messages WHERE id IN {schema.IDS}"
         if self.remember_acked:
             sql += f" UNION ALL SELECT id FROM acked_ids WHERE id IN {schema.IDS}"
-        for chunk in schema.id_chunks(ids):
+        for chunk, _ in schema.id_chunks(ids):
             found.update(r[0] for r in self._conn.execute(sql, {"ids": chunk}))
         return found
 
@@ -367,14 +367,16 @@ class QueueStore:
         now = self._clock()
         done = 0
         with _Tx(self) as tx:
-            for chunk in schema.id_chunks(ids):
+            for chunk, count in schema.id_chunks(ids):
                 rows = self._conn.execute(
                     f"DELETE FROM messages WHERE state = 1 AND id IN {schema.IDS} "
                     f"AND {schema.OWNER} RETURNING recipient, priority, id",
                     {"ids": chunk, "owner": owner}).fetchall()
-                if self.remember_acked and rows:
-                    self._conn.executemany("INSERT OR REPLACE INTO acked_ids VALUES (?, ?)",
-                                           [(r[2], now) for r in rows])
+                if self.remember_acked and rows:  # usually every id of the chunk: reuse it
+                    acked = chunk if len(rows) == count else json.dumps(
+                        [r[2] for r in rows])
+                    self._conn.execute("INSERT OR REPLACE INTO acked_ids SELECT value, ? "
+                                       "FROM json_each(?)", (now, acked))
                 tx.move(rows, LEASED, None)
                 done += len(rows)
             tx.totals["acked"] += done
@@ -387,7 +389,7 @@ class QueueStore:
         now = self._clock()
         res = NackResult()
         with _Tx(self) as tx:
-            for chunk in schema.id_chunks(ids):
+            for chunk, _ in schema.id_chunks(ids):
                 rows = self._conn.execute(
                     "SELECT recipient, priority, id, attempts, max_attempts FROM messages "
                     f"WHERE state = 1 AND id IN {schema.IDS} AND {schema.OWNER}",
@@ -469,7 +471,7 @@ class QueueStore:
                " WHERE state = 2{} RETURNING recipient, priority")
         n = 0
         with _Tx(self) as tx:
-            batches = [None] if ids is None else list(schema.id_chunks(ids))
+            batches = [None] if ids is None else [c for c, _ in schema.id_chunks(ids)]
             for chunk in batches:
                 where = "" if chunk is None else f" AND id IN {schema.IDS}"
                 rows = self._conn.execute(sql.format(where), {"now": now, "ids": chunk}).fetchall()

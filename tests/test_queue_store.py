@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from actors.queue.model import IdGenerator, NewMessage, Priority
+from actors.queue.model import IdGenerator, NewMessage, Priority, check_message_id
 from actors.queue.store import LEASE_ONE_SQL, READY_SQL, SCHEMA_VERSION, QueueStore
 from system.errors import ConfigError, TransientError
 
@@ -479,3 +479,71 @@ def test_perf_sanity_10k_in_batches_of_500(db):
     assert n == 10_000
     print(f"\n[queue perf] enqueue 10k: {(enqueued - started) * 1000:.0f} ms, "
           f"lease+ack 10k: {(done - enqueued) * 1000:.0f} ms")
+
+
+def test_enqueue_stores_new_messages_leased_to_a_waiting_consumer(store, clock):
+    res = store.enqueue([msg(id="n1"), msg(id="n0"), msg(id="u", priority="urgent"),
+                         msg(id="later", delay_s=5), msg(id="n2"), msg("bob", id="b")],
+                        lease={"alice": ("c", 3, 30.0)})
+    assert res.accepted == ["n1", "n0", "u", "later", "n2", "b"]
+    assert ids_of(res.leased) == ["u", "n0", "n1"]  # what lease() would have taken, in order
+    assert all(m == store.get(m.id) for m in res.leased)  # exactly as stored
+    first = res.leased[0]
+    assert (first.state, first.attempts, first.lease_owner, first.lease_expires_at) == (
+        "leased", 1, "c", T0 + 30)
+    assert store.counted() == store.recount()
+    assert store.stats()["totals"]["leased"] == 3
+    # alice now has ready messages: new ones would overtake them, so nothing is leased
+    assert store.enqueue([msg(id="n3")], lease={"alice": ("c", 10, 30.0)}).leased == []
+    assert ids_of(store.lease("alice", 10, "c", 30)) == ["n2", "n3"]
+    assert store.ack(["u", "n0", "n1", "n2", "n3"], owner="c") == 5
+    clock.advance(5)
+    assert ids_of(store.lease("alice", 10, "c", 30)) == ["later"]
+
+
+def test_leases_from_memory_equal_what_is_stored(store, clock):
+    store.enqueue([msg(text=str(i), sender="s", headers={"h": str(i)}, type="t",
+                       priority="high", max_attempts=3) for i in range(5)])
+    first = store.lease("alice", 2, "c", 30)          # from memory
+    store.nack([first[0].id], "again")                # back to ready: read back next time
+    clock.advance(60)
+    again = store.lease("alice", 10, "c", 30)         # three from memory, one read back
+    assert ids_of(again)[-1] == first[0].id           # it is available later than the rest
+    assert len(again) == 4 and again[-1].last_error == "again" and again[-1].attempts == 2
+    assert all(m == store.get(m.id) for m in first[1:] + again)
+    assert store.counted() == store.recount()
+
+
+def test_schema_version_1_is_migrated_by_dropping_its_second_ready_index(db):
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE messages (id TEXT PRIMARY KEY, recipient TEXT NOT NULL, "
+        "sender TEXT NOT NULL, type TEXT NOT NULL, priority INTEGER NOT NULL, "
+        "payload BLOB NOT NULL, headers BLOB, created_at REAL NOT NULL, "
+        "available_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+        "max_attempts INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0, last_error TEXT, "
+        "lease_owner TEXT, lease_expires_at REAL, dead_at REAL);"
+        "CREATE INDEX ix_ready ON messages(recipient, priority, available_at, id) "
+        "WHERE state = 0;"
+        "CREATE INDEX ix_ready_any ON messages(priority, available_at, id) WHERE state = 0;"
+        "CREATE INDEX ix_leased ON messages(lease_expires_at) WHERE state = 1;"
+        "CREATE INDEX ix_dead ON messages(dead_at, id) WHERE state = 2;"
+        "CREATE TABLE acked_ids (id TEXT PRIMARY KEY, acked_at REAL NOT NULL) WITHOUT ROWID;"
+        "CREATE INDEX ix_acked_at ON acked_ids(acked_at);"
+        "INSERT INTO messages (id, recipient, sender, type, priority, payload, created_at, "
+        "available_at, max_attempts) VALUES ('old', 'alice', '', 'text', 2, x'c0', 1, 1, 5);"
+        "INSERT INTO acked_ids VALUES ('gone', 1);"
+        "PRAGMA user_version = 1;")
+    conn.close()
+    with QueueStore(db) as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert not store._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'ix_ready_any'").fetchall()
+        assert ids_of(store.lease("alice", 10, "c", 30)) == ["old"]
+        assert store.enqueue([msg(id="gone")]).duplicates == ["gone"]
+
+
+def test_generated_ids_are_safe_file_names_and_differ_between_generators(clock):
+    a, b = IdGenerator(clock), IdGenerator(clock)  # same clock, same millisecond
+    ids = [a(), a(), b()]
+    assert len(set(ids)) == 3 and all(check_message_id(i) is None for i in ids)

@@ -286,12 +286,21 @@ class InboxRoute:
     every recipient matching ``inbox_pattern`` (those not in the names are unknown agents and
     are dead-lettered)."""
 
+    CACHE_MAX = 10_000
+
     def __init__(self, enabled: bool, names: Iterable[str], pattern: str | None):
         self.enabled, self.names, self.pattern = enabled, frozenset(names), pattern or None
+        self._known: dict[str, bool] = {}  # recipient -> routed (fnmatch is ~1 us a call)
 
     def __call__(self, recipient: str) -> bool:
-        return self.enabled and (recipient in self.names or (
-            self.pattern is not None and fnmatchcase(recipient, self.pattern)))
+        routed = self._known.get(recipient)
+        if routed is None:
+            routed = self.enabled and (recipient in self.names or (
+                self.pattern is not None and fnmatchcase(recipient, self.pattern)))
+            if len(self._known) >= self.CACHE_MAX:
+                self._known.clear()
+            self._known[recipient] = routed
+        return routed
 
 
 # -- statistics ------------------------------------------------------------------------------------

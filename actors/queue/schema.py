@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
+from typing import Self
 
 import msgpack
 
-from actors.queue.model import Message, Priority, State
-from system.errors import ConfigError
+from actors.queue.model import Message, NewMessage, Priority, State, check_fields, item_fields
+from system.errors import ConfigError, TransientError
 
 SCHEMA_VERSION = 2
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -64,7 +67,7 @@ OWNER = "(:owner IS NULL OR lease_owner = :owner)"
 # The LIMIT pitfall: "ORDER BY priority, available_at, id LIMIT n" over all priorities walks
 # every future-delayed row when fewer than n are due. Querying ONE (recipient, priority) at a
 # time makes "available_at <= :now" a range bound of the index, EXPLAIN QUERY PLAN:
-#   SEARCH messages USING COVERING INDEX ix_ready (recipient=? AND priority=? AND available_at<?)
+#   SEARCH messages USING INDEX ix_ready (recipient=? AND priority=? AND available_at<?)
 # The index holds the rowid: rows are updated by rowid, not looked up again by id.
 READY_SQL = ("SELECT rowid, available_at, id FROM messages WHERE state = 0 AND recipient = :rcpt "
              "AND priority = :prio AND available_at <= :now ORDER BY available_at, id LIMIT :lim")
@@ -83,6 +86,50 @@ INSERT_SQL = (
 # The same row stored already leased (first attempt): owner, lease_expires_at follow.
 INSERT_LEASED_SQL = (INSERT_SQL.replace(") VALUES (", ", state, attempts, lease_owner, "
                                         "lease_expires_at) VALUES (")[:-1] + ", 1, 1, ?, ?)")
+
+
+def insert_rows(items: Sequence[NewMessage | Mapping], now: float, new_id: Callable[[], str],
+                default_max_attempts: int, rejected: list[tuple[int, str]],
+                ) -> tuple[list[tuple[int, tuple]], list[str]]:
+    """(index, row in ``INSERT_SQL`` order) of each valid item, and the producer-supplied ids
+    among them; ``rejected`` gets (index, reason) of the others. One pass per item, no
+    intermediate objects: this is most of an enqueue's Python time."""
+    rows, supplied = [], []
+    for i, item in enumerate(items):
+        fields = item_fields(item)
+        prio = fields if fields.__class__ is str else check_fields(*fields)
+        if prio.__class__ is str:
+            rejected.append((i, prio))
+            continue
+        recipient, payload, sender, kind, _, headers, delay, mid, max_attempts = fields
+        if mid is None:
+            mid = new_id()
+        else:
+            supplied.append(mid)
+        rows.append((i, (mid, recipient, sender, kind, prio, bytes(payload),
+                         msgpack.packb(headers) if headers else None, now, now + delay,
+                         max_attempts or default_max_attempts)))
+    return rows, supplied
+
+
+def pick_leased(rows: list[tuple], lease: Mapping[str, tuple[str, int, float]],
+                busy: set[str], now: float) -> list[tuple[tuple, str, float]]:
+    """(row, owner, lease_expires_at) of the new ``rows`` that ``enqueue(..., lease)`` stores
+    leased: per recipient in ``lease`` and not ``busy`` (has ready rows), the first ``limit``
+    rows available now in lease order (priority, then id: they share available_at)."""
+    wanted: dict[str, list[tuple]] = {}
+    for row in rows:
+        if row[1] in lease and row[8] <= now and row[1] not in busy:
+            wanted.setdefault(row[1], []).append(row)
+    out = []
+    for rcpt, group in wanted.items():
+        owner, limit, visibility_s = lease[rcpt]
+        group.sort(key=_PRIO_ID)
+        out += [(row, owner, now + visibility_s) for row in group[:max(limit, 0)]]
+    return out
+
+
+_PRIO_ID = itemgetter(4, 0)
 
 
 def id_chunks(ids: Sequence[str], size: int = 5000) -> Iterator[tuple[str, int]]:
@@ -117,6 +164,106 @@ def inserted_to_leased(row: tuple, available_at: float, attempts: int, owner: st
         row[0], row[1], row[2], row[3], _PRIORITY_LABELS[row[4]], row[5],
         msgpack.unpackb(h, raw=False) if h else {}, row[7], available_at, attempts, row[9],
         "leased", None, owner, expires_at, None))
+
+
+class FreshRows:
+    """Committed, never leased rows as inserted (``INSERT_SQL`` order), by id: a lease of a
+    row that this store enqueued needs no read-back (a single writer knows what it wrote).
+    Dropped whole when it would hold more than ``max_rows`` rows or ``max_bytes`` of payload
+    (nobody is consuming them); leases then read the rows back."""
+
+    def __init__(self, max_rows: int = 100_000, max_bytes: int = 32 << 20):
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.rows: dict[str, tuple] = {}
+        self.bytes = 0
+
+    def add(self, rows: list[tuple]) -> None:
+        size = sum(map(len, map(_PAYLOAD, rows)))
+        if len(self.rows) + len(rows) > self.max_rows or self.bytes + size > self.max_bytes:
+            self.clear()
+            if len(rows) > self.max_rows or size > self.max_bytes:
+                return
+        self.rows.update(zip(map(_ID, rows), rows))
+        self.bytes += size
+
+    def take(self, mid: str) -> tuple | None:
+        row = self.rows.pop(mid, None)
+        if row is not None:
+            self.bytes -= len(row[5])
+        return row
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.bytes = 0
+
+
+_ID, _PAYLOAD = itemgetter(0), itemgetter(5)
+
+
+class Transaction:
+    """``with Transaction(conn, on_commit) as tx``: one ``BEGIN IMMEDIATE`` transaction;
+    "database is locked/busy" -> TransientError. ``tx.move`` records depth counter changes;
+    ``on_commit(tx)`` applies them once committed. A plain class, not a @contextmanager: an
+    unbatched enqueue pays for it on every request.
+
+    ``single=True``: the block runs ONE statement, which is its own transaction (SQLite's
+    autocommit): BEGIN and COMMIT as statements of their own cost ~10% of an unbatched
+    enqueue."""
+
+    __slots__ = ("conn", "depth", "on_commit", "single", "totals")
+
+    def __init__(self, conn: sqlite3.Connection, on_commit: Callable[[Transaction], None],
+                 single: bool = False) -> None:
+        self.conn, self.on_commit, self.single = conn, on_commit, single
+        self.depth: dict[tuple[int, str, int], int] = {}
+        self.totals: dict[str, int] = {}  # set once per transaction: tx.totals.update(...)
+
+    def __enter__(self) -> Self:
+        if not self.single:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise_busy(exc)
+                raise
+        return self
+
+    def __exit__(self, etype, exc, tb) -> None:
+        conn = self.conn
+        if etype is None:
+            if not self.single:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.OperationalError as err:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise_busy(err)
+                    raise
+            self.on_commit(self)
+            return
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise_busy(exc)
+
+    def move(self, rows: Sequence[tuple], old: int | None, new: int | None,
+             key: Callable = itemgetter(0, 1)) -> None:
+        """Rows (``key`` -> (recipient, priority); default: rows RETURNING recipient,
+        priority, ...) went from state ``old`` to ``new`` (None: gone)."""
+        if not rows:
+            return
+        depth = self.depth
+        counts = Counter(map(key, rows)).items() if len(rows) > 1 else ((key(rows[0]), 1),)
+        for (rcpt, prio), n in counts:
+            if old is not None:
+                depth[old, rcpt, prio] = depth.get((old, rcpt, prio), 0) - n
+            if new is not None:
+                depth[new, rcpt, prio] = depth.get((new, rcpt, prio), 0) + n
+
+
+def raise_busy(exc: sqlite3.OperationalError) -> None:
+    """"database is locked/busy" -> TransientError (else the caller re-raises ``exc``)."""
+    if is_busy(exc):
+        raise TransientError(f"queue store busy: {exc}") from exc
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -23,6 +23,10 @@ Design (see /work/shared/QUEUE_NOTES.md):
 * Depth counters per (state, recipient, priority) live in memory, are rebuilt by one
   GROUP BY at open and updated only after a commit, so ``stats()`` and the "nothing ready"
   fast path cost no query.
+* A single writer knows what it wrote: a lease takes the rows it just enqueued from memory
+  (:class:`schema.FreshRows`) instead of reading 16 columns back, and ``enqueue(..., lease=)``
+  stores new rows already leased to a waiting consumer when none of its recipient's rows
+  are ready (no UPDATE at all). Generated ids are a counter after a per-millisecond prefix.
 * ``sqlite3.OperationalError`` "database is locked/busy" -> :class:`TransientError`.
 """
 from __future__ import annotations
@@ -37,8 +41,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Self
 
-import msgpack
-
 from actors.queue import schema
 from actors.queue.model import (
     DeadLetter,
@@ -50,10 +52,16 @@ from actors.queue.model import (
     NewMessage,
     Priority,
     State,
-    check_fields,
-    item_fields,
 )
-from actors.queue.schema import LEASE_ONE_SQL, LEASE_ROWIDS_SQL, READY_SQL, SCHEMA_VERSION, is_busy
+from actors.queue.schema import (
+    LEASE_ONE_SQL,
+    LEASE_ROWIDS_SQL,
+    READY_SQL,
+    SCHEMA_VERSION,
+    FreshRows,
+    Transaction,
+    is_busy,
+)
 from system.errors import ConfigError, TransientError
 
 __all__ = ["LEASE_ONE_SQL", "READY_SQL", "SCHEMA_VERSION", "QueueStore"]
@@ -63,71 +71,9 @@ _PURGE_STATES = {"ready": (READY,), "leased": (LEASED,), "dead": (DEAD,),
                  "all": (READY, LEASED, DEAD)}
 _TOTALS = ("enqueued", "duplicates", "rejected", "leased", "acked", "nacked", "retried", "dead",
            "expired", "requeued", "purged")
-_RCPT_PRIO = itemgetter(0, 1)        # rows RETURNING recipient, priority, ...
 _RCPT_PRIO_OF_ROW = itemgetter(1, 4)  # rows as INSERT_SQL / COLS: id, recipient, ..., priority
-_PRIO_ID_OF_ROW = itemgetter(4, 0)
 _RCPT_PRIO_OF_LEASED = itemgetter(2, 3)  # rows RETURNING rowid, id, recipient, priority, ...
 _LEASE_ORDER = itemgetter(4, 1)      # available_at, id (RETURNING order is unspecified)
-_ID_OF_ROW, _PAYLOAD_OF_ROW = itemgetter(0), itemgetter(5)
-FRESH_MAX_ROWS = 100_000             # memory of committed, never leased rows (see _leased)
-FRESH_MAX_BYTES = 32 << 20
-
-
-class _Tx:
-    """One ``BEGIN IMMEDIATE`` transaction (``with _Tx(store) as tx``); "database is
-    locked/busy" -> TransientError. Counter changes are applied only once it has committed.
-    A plain class, not a @contextmanager: an unbatched enqueue pays for it on every request."""
-
-    __slots__ = ("depth", "store", "totals")
-
-    def __init__(self, store: QueueStore) -> None:
-        self.store = store
-        self.depth: Counter[tuple[int, str, int]] = Counter()
-        self.totals: Counter[str] = Counter()
-
-    def __enter__(self) -> Self:
-        try:
-            self.store._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            _raise_busy(exc)
-            raise
-        return self
-
-    def __exit__(self, etype, exc, tb) -> None:
-        conn = self.store._conn
-        if etype is None:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                _raise_busy(err)
-                raise
-            self.store._apply(self)
-            return
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.OperationalError):
-            _raise_busy(exc)
-
-    def move(self, rows: Sequence[tuple], old: int | None, new: int | None,
-             key: Callable = _RCPT_PRIO) -> None:
-        """Rows (``key`` -> (recipient, priority)) went from state ``old`` to ``new``
-        (None: gone)."""
-        if not rows:
-            return
-        depth = self.depth
-        for (rcpt, prio), n in Counter(map(key, rows)).items():
-            if old is not None:
-                depth[(old, rcpt, prio)] -= n
-            if new is not None:
-                depth[(new, rcpt, prio)] += n
-
-
-def _raise_busy(exc: sqlite3.OperationalError) -> None:
-    """"database is locked/busy" (another connection holds a lock) -> TransientError."""
-    if is_busy(exc):
-        raise TransientError(f"queue store busy: {exc}") from exc
 
 
 class QueueStore:
@@ -152,8 +98,7 @@ class QueueStore:
         self.remember_acked = remember_acked
         self._depth: Counter[tuple[int, str, int]] = Counter()
         self._totals: Counter[str] = Counter()
-        self._fresh: dict[str, tuple] = {}  # id -> INSERT row, committed and never leased
-        self._fresh_bytes = 0
+        self._fresh = FreshRows()
         try:
             self._conn = schema.connect(self.path, synchronous, busy_timeout_s)
         except sqlite3.OperationalError as exc:
@@ -172,7 +117,10 @@ class QueueStore:
         self.close()
 
     # -- transactions -----------------------------------------------------------------
-    def _apply(self, tx: _Tx) -> None:
+    def _tx(self, single: bool = False) -> Transaction:
+        return Transaction(self._conn, self._apply, single)
+
+    def _apply(self, tx: Transaction) -> None:
         depth = self._depth
         for key, n in tx.depth.items():
             if n:
@@ -180,8 +128,9 @@ class QueueStore:
                     depth[key] = total
                 else:
                     del depth[key]
-        if tx.totals:
-            self._totals.update(tx.totals)
+        totals = self._totals
+        for key, n in tx.totals.items():
+            totals[key] += n
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -189,8 +138,7 @@ class QueueStore:
         try:
             yield self._conn
         except sqlite3.OperationalError as exc:
-            if is_busy(exc):
-                raise TransientError(f"queue store busy: {exc}") from exc
+            schema.raise_busy(exc)
             raise
 
     # -- producer side ------------------------------------------------------------------
@@ -209,27 +157,13 @@ class QueueStore:
         without its UPDATE and read-back (a third of the SQL work of a message).
         """
         result = EnqueueResult(ids=[None] * len(items))
-        now, new_id, attempts = self._clock(), self._new_id, self.default_max_attempts
-        rows: list[tuple[int, tuple]] = []
-        supplied: list[str] = []
-        for i, item in enumerate(items):
-            fields = item_fields(item)
-            prio = fields if fields.__class__ is str else check_fields(*fields)
-            if prio.__class__ is str:
-                result.rejected.append((i, prio))
-                continue
-            recipient, payload, sender, kind, _, headers, delay, mid, max_attempts = fields
-            if mid is None:
-                mid = new_id()
-            else:
-                supplied.append(mid)
-            rows.append((i, (mid, recipient, sender, kind, prio, bytes(payload),
-                             msgpack.packb(headers) if headers else None, now, now + delay,
-                             max_attempts or attempts)))
+        now = self._clock()
+        rows, supplied = schema.insert_rows(items, now, self._new_id, self.default_max_attempts,
+                                            result.rejected)
         if not rows:
             self._totals["rejected"] += len(result.rejected)
             return result
-        with _Tx(self) as tx:
+        with self._tx(single=len(rows) == 1 and not supplied) as tx:  # then: one INSERT
             if supplied:  # generated ids are new by construction
                 known = self._existing(supplied)
                 keep = []
@@ -245,7 +179,7 @@ class QueueStore:
                     result.ids[i] = row[0]
                 keep = [row for _, row in rows]
             result.accepted = [row[0] for row in keep]
-            leased = self._lease_new(keep, lease, now) if lease else []
+            leased = schema.pick_leased(keep, lease, self._busy(), now) if lease else []
             if leased:
                 taken = {row[0] for row, _, _ in leased}
                 keep = [row for row in keep if row[0] not in taken]
@@ -258,25 +192,8 @@ class QueueStore:
             tx.move(keep, None, READY, _RCPT_PRIO_OF_ROW)
             tx.totals.update(enqueued=len(result.accepted), duplicates=len(result.duplicates),
                              rejected=len(result.rejected), leased=len(leased))
-        self._remember(keep)
+        self._fresh.add(keep)
         return result
-
-    def _lease_new(self, rows: list[tuple], lease: Mapping[str, tuple[str, int, float]],
-                   now: float) -> list[tuple[tuple, str, float]]:
-        """(row, owner, lease_expires_at) for the new rows ``enqueue(..., lease)`` stores
-        leased: per recipient in ``lease`` without ready rows, the first ``limit`` rows
-        available now in lease order (priority, id; they share available_at)."""
-        busy = {rcpt for (state, rcpt, _), n in self._depth.items() if state == READY and n}
-        wanted: dict[str, list[tuple]] = {}
-        for row in rows:
-            if row[1] in lease and row[8] <= now and row[1] not in busy:
-                wanted.setdefault(row[1], []).append(row)
-        out = []
-        for rcpt, group in wanted.items():
-            owner, limit, visibility_s = lease[rcpt]
-            group.sort(key=_PRIO_ID_OF_ROW)
-            out += [(row, owner, now + visibility_s) for row in group[:max(limit, 0)]]
-        return out
 
     def _existing(self, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -307,7 +224,7 @@ class QueueStore:
         rows: list[tuple] = []  # rowid, id, recipient, priority, available_at, attempts
         params = {"owner": owner, "exp": now + visibility_s, "now": now}
         conn = self._conn
-        with _Tx(self) as tx:
+        with self._tx() as tx:
             for prio in sorted({p for p, _ in pairs}):
                 if len(rows) >= limit:
                     break
@@ -325,19 +242,18 @@ class QueueStore:
                 rows += got
             out = self._leased(rows, owner, params["exp"])
             tx.move(rows, READY, LEASED, _RCPT_PRIO_OF_LEASED)
-            tx.totals["leased"] += len(out)
+            tx.totals["leased"] = len(out)
         return out
 
     def _leased(self, rows: list[tuple], owner: str, expires_at: float) -> list[Leased]:
         """Messages of just leased ``rows``: from the memory of fresh rows, else read back."""
-        fresh, out, missing = self._fresh, [], {}
+        take, out, missing = self._fresh.take, [], {}
         for rowid, mid, _, _, available_at, attempts in rows:
-            row = fresh.pop(mid, None)
+            row = take(mid)
             if row is None:
                 missing[rowid] = len(out)
                 out.append(None)
             else:
-                self._fresh_bytes -= len(row[5])
                 out.append(schema.inserted_to_leased(row, available_at, attempts, owner,
                                                      expires_at))
         if missing:
@@ -345,28 +261,12 @@ class QueueStore:
                 out[missing[row[0]]] = schema.row_to_message(row[1:])
         return out
 
-    def _remember(self, rows: list[tuple]) -> None:
-        """Keep committed INSERT rows for :meth:`_leased`; forget everything when that would
-        hold more than FRESH_MAX_ROWS / FRESH_MAX_BYTES (nobody is consuming them)."""
-        size = sum(map(len, map(_PAYLOAD_OF_ROW, rows)))
-        if (len(self._fresh) + len(rows) > FRESH_MAX_ROWS
-                or self._fresh_bytes + size > FRESH_MAX_BYTES):
-            self._forget_fresh()
-            if len(rows) > FRESH_MAX_ROWS or size > FRESH_MAX_BYTES:
-                return
-        self._fresh.update(zip(map(_ID_OF_ROW, rows), rows))
-        self._fresh_bytes += size
-
-    def _forget_fresh(self) -> None:
-        self._fresh.clear()
-        self._fresh_bytes = 0
-
     def ack(self, ids: Sequence[str], owner: str | None = None) -> int:
         """Delete leased messages (of ``owner`` if given); unknown/already acked/not leased
         ids count 0. Returns the number acked."""
         now = self._clock()
         done = 0
-        with _Tx(self) as tx:
+        with self._tx() as tx:
             for chunk, count in schema.id_chunks(ids):
                 rows = self._conn.execute(
                     f"DELETE FROM messages WHERE state = 1 AND id IN {schema.IDS} "
@@ -379,7 +279,7 @@ class QueueStore:
                                        "FROM json_each(?)", (now, acked))
                 tx.move(rows, LEASED, None)
                 done += len(rows)
-            tx.totals["acked"] += done
+            tx.totals["acked"] = done
         return done
 
     def nack(self, ids: Sequence[str], error: str, owner: str | None = None, *,
@@ -388,7 +288,7 @@ class QueueStore:
         dead-letter them (with ``last_error``) when out of attempts or ``retry=False``."""
         now = self._clock()
         res = NackResult()
-        with _Tx(self) as tx:
+        with self._tx() as tx:
             for chunk, _ in schema.id_chunks(ids):
                 rows = self._conn.execute(
                     "SELECT recipient, priority, id, attempts, max_attempts FROM messages "
@@ -424,7 +324,7 @@ class QueueStore:
         now = self._clock()
         clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease expired'"
         expired = "state = 1 AND lease_expires_at < :now"
-        with _Tx(self) as tx:
+        with self._tx() as tx:
             dead = self._conn.execute(
                 f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {expired} "
                 "AND attempts >= max_attempts RETURNING recipient, priority",
@@ -443,7 +343,7 @@ class QueueStore:
         inbox sink after a crash. Returns the count."""
         clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease released'"
         mine = "state = 1 AND lease_owner = :owner"
-        with _Tx(self) as tx:
+        with self._tx() as tx:
             dead = self._conn.execute(
                 f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {mine} "
                 "AND attempts >= max_attempts RETURNING recipient, priority",
@@ -470,14 +370,14 @@ class QueueStore:
         sql = ("UPDATE messages SET state = 0, attempts = 0, available_at = :now, dead_at = NULL"
                " WHERE state = 2{} RETURNING recipient, priority")
         n = 0
-        with _Tx(self) as tx:
+        with self._tx() as tx:
             batches = [None] if ids is None else [c for c, _ in schema.id_chunks(ids)]
             for chunk in batches:
                 where = "" if chunk is None else f" AND id IN {schema.IDS}"
                 rows = self._conn.execute(sql.format(where), {"now": now, "ids": chunk}).fetchall()
                 tx.move(rows, DEAD, READY)
                 n += len(rows)
-            tx.totals["requeued"] += n
+            tx.totals["requeued"] = n
         return n
 
     def purge(self, state: str = "dead", recipient: str | None = None) -> int:
@@ -487,8 +387,8 @@ class QueueStore:
             raise ValueError(f"purge state must be one of {sorted(_PURGE_STATES)}, not {state!r}")
         n = 0
         if READY in _PURGE_STATES[state]:
-            self._forget_fresh()
-        with _Tx(self) as tx:
+            self._fresh.clear()
+        with self._tx() as tx:
             for st in _PURGE_STATES[state]:
                 rows = self._conn.execute(
                     f"DELETE FROM messages WHERE state = {int(st)} "
@@ -496,12 +396,12 @@ class QueueStore:
                     {"rcpt": recipient}).fetchall()
                 tx.move(rows, st, None)
                 n += len(rows)
-            tx.totals["purged"] += n
+            tx.totals["purged"] = n
         return n
 
     def purge_acked(self, older_than_s: float) -> int:
         """Forget acked ids older than ``older_than_s`` (ends their dedup window)."""
-        with _Tx(self):
+        with self._tx():
             cur = self._conn.execute("DELETE FROM acked_ids WHERE acked_at < ?",
                                      (self._clock() - older_than_s,))
             return cur.rowcount
@@ -516,7 +416,10 @@ class QueueStore:
     # -- introspection ------------------------------------------------------------------
     def ready_recipients(self) -> list[str]:
         """Recipients with ready messages (possibly only delayed ones), sorted."""
-        return sorted({r for (s, r, _), n in self._depth.items() if s == READY and n > 0})
+        return sorted(self._busy())
+
+    def _busy(self) -> set[str]:
+        return {r for (s, r, _), n in self._depth.items() if s == READY and n > 0}
 
     def next_available_at(self) -> float | None:
         """Earliest ``available_at`` of any ready message (to schedule a wake-up), or None:
@@ -569,7 +472,7 @@ class QueueStore:
         """Reload the depth counters with a full COUNT (done at open; needed only if another
         process wrote to the database)."""
         self._depth = self._count_rows()
-        self._forget_fresh()
+        self._fresh.clear()
 
     def recount(self) -> dict[tuple[str, str, str], int]:
         """Exact depths by COUNT(*), keyed (state, recipient, priority) (diagnostics)."""

@@ -65,10 +65,11 @@ class Registry(ServiceActor):
     def _update(self, env, sender) -> None:
         b = env.b
         reporter = protocol.address_to_wire(sender)
-        parent = self.entries.get(b.get("parent", ""))
-        if parent is not None and parent.addr and parent.addr != reporter:
-            return  # a late report from a supervisor that has since been replaced
         entry = self.entries.setdefault(b["name"], Entry(b["name"]))
+        epoch = b.get("epoch", 0.0)
+        if epoch < entry.epoch:
+            return  # a late report from a supervisor that has since been replaced
+        entry.epoch = epoch
         new_process = b.get("pid") != entry.pid
         if new_process:
             self._forget_pings(entry.name)  # pings to the previous process are moot

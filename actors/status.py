@@ -32,6 +32,8 @@ class Entry:
     last_error: str = ""
     last_error_at: float = 0.0
     last_pong: float = 0.0
+    epoch: float = 0.0
+    """Start time of the supervisor incarnation that reported last: older ones are stale."""
     errors: dict = field(default_factory=dict)
     rss_bytes: int = 0
     uss_bytes: int = 0

@@ -65,6 +65,7 @@ class Supervisor(SwarmActor):
         self.restart_waiters: dict[str, list] = {}
         self.killed: list[str] = []
         self.disabled: list[str] = []
+        self.incarnation = time.time()
 
     # -- start -----------------------------------------------------------------------
     @handles(protocol.SVC_INIT)
@@ -449,8 +450,9 @@ class Supervisor(SwarmActor):
         })
 
     def _send_registry(self, body: dict) -> None:
-        if self.registry:
-            self.send(protocol.address_from_wire(self.registry), protocol.REGISTRY_UPDATE.encode(body))
+        if self.registry:  # epoch: the registry drops late reports of a replaced supervisor
+            self.send(protocol.address_from_wire(self.registry), protocol.REGISTRY_UPDATE.encode(
+                {**body, "epoch": self.incarnation}))
 
     def health(self) -> tuple[str, str]:
         running = sum(c.state == "running" for c in self.children.values())

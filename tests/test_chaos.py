@@ -25,8 +25,10 @@ def _chaos(make_swarm, kills: int, messages: int, seed: int) -> None:
     swarm = make_swarm({
         "agents": {"names": AGENTS},
         "services": {"queue": {"enabled": True}},
-        "supervision": {name: {"max_restarts": 1000, "within_s": 1}
-                        for name in ("root", "core", "services")},
+        "supervision": {**{name: {"max_restarts": 1000, "within_s": 1}
+                           for name in ("root", "core", "services")},
+                        # kills come every second or two: cap the backoff that would build up
+                        "backoff": {"max_s": 0.5}},
     })
     swarm.start()
     ids = [f"chaos-{i}" for i in range(messages)]

@@ -547,3 +547,18 @@ def test_generated_ids_are_safe_file_names_and_differ_between_generators(clock):
     a, b = IdGenerator(clock), IdGenerator(clock)  # same clock, same millisecond
     ids = [a(), a(), b()]
     assert len(set(ids)) == 3 and all(check_message_id(i) is None for i in ids)
+
+
+def test_locked_database_fails_a_single_item_enqueue_transiently(db, clock):
+    store = QueueStore(db, clock=clock, busy_timeout_s=0.05)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(TransientError):  # one INSERT, its own transaction (no BEGIN)
+            store.enqueue([msg()])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.counted() == store.recount() == {}
+    assert len(store.enqueue([msg()]).accepted) == 1 and store.recount()
+    store.close()

@@ -11,7 +11,7 @@ rates, latency and health. No Thespian, no SQLite: the actor shell (``service.py
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -269,6 +269,29 @@ class Subscriptions:
 
     def by_owner(self, owner: str) -> Subscription | None:
         return self.subs.get(owner[4:]) if owner.startswith("sub:") else None
+
+    def takers(self, recipients: Iterable[str], room: Callable[[Subscription], int],
+               routed: Callable[[str], bool]) -> dict[str, tuple[str, int, float]]:
+        """recipient -> (owner, room, visibility_s) of a subscription with ``room`` for new
+        messages of it (taken in turn; at most one recipient per subscription, none for the
+        inbox sink's ``routed`` ones): the ``lease`` of ``QueueStore.enqueue``."""
+        out: dict[str, tuple[str, int, float]] = {}
+        subs = self.in_turn()
+        for rcpt in recipients:
+            if routed(rcpt):
+                continue
+            for sub in subs:
+                if sub.matches(rcpt) and (n := room(sub)) > 0:
+                    out[rcpt] = (sub.owner, n, sub.visibility_s)
+                    subs.remove(sub)
+                    break
+        return out
+
+    def wanted(self, recipients: Iterable[str], routed: Callable[[str], bool]) -> bool:
+        """Would a delivery round have work for these recipients: one goes to the inbox sink
+        (``routed``) or matches a subscription? (Pull consumers need no round.)"""
+        subs = self.subs.values()
+        return any(routed(r) or any(s.matches(r) for s in subs) for r in recipients)
 
     def in_turn(self) -> list[Subscription]:
         """All subscriptions, starting one further each call (round-robin between competing

@@ -1,4 +1,6 @@
-"""SQLite schema, connection set-up and SQL text of :class:`actors.queue.store.QueueStore`.
+"""SQLite schema, connection set-up, SQL text and row plumbing of
+:class:`actors.queue.store.QueueStore`: rows as inserted (:func:`insert_rows`), the memory of
+fresh rows (:class:`FreshRows`), rows -> messages, and :class:`Transaction`.
 
 Indexes (all partial, so each state's queries only touch the rows they need):
 
@@ -198,6 +200,25 @@ class FreshRows:
 
 
 _ID, _PAYLOAD = itemgetter(0), itemgetter(5)
+
+
+def leased_messages(conn: sqlite3.Connection, fresh: FreshRows, rows: list[tuple], owner: str,
+                    expires_at: float) -> list[Message]:
+    """Messages of the ``rows`` a lease just returned (rowid, id, recipient, priority,
+    available_at, attempts), in that order: from ``fresh`` if there, else read back."""
+    out: list = []
+    missing: dict[int, int] = {}  # rowid -> position in out
+    for rowid, mid, _, _, available_at, attempts in rows:
+        row = fresh.take(mid)
+        if row is None:
+            missing[rowid] = len(out)
+            out.append(None)
+        else:
+            out.append(inserted_to_leased(row, available_at, attempts, owner, expires_at))
+    if missing:
+        for row in conn.execute(ROWS_SQL, (json.dumps(list(missing)),)):
+            out[missing[row[0]]] = row_to_message(row[1:])
+    return out
 
 
 class Transaction:

@@ -8,8 +8,11 @@ different producers overlap (one arrives within ``group_commit_ms`` of another's
 are collected for one window (one timer, not one per message) or until ``batch_max`` items are
 pending, and committed in ONE transaction. A lone producer is committed at once: waiting could
 not group anything (it sends its next request only after this reply), and the window would
-cap it at ~200 requests/s. ``group_commit_ms: 0`` commits every request at once. Nothing else
-happens on that path: delivery runs on a short "pump" wake-up.
+cap it at ~200 requests/s. ``group_commit_ms: 0`` commits every request at once. Delivery:
+a subscriber with room for a recipient that has nothing ready gets the new messages in the
+same transaction, stored already leased to it, and their ``queue.deliver`` right after the
+replies (nothing waits, nothing is read back); everything else runs on a short "pump" wake-up,
+scheduled only when a round has something to deliver.
 
 Consumers either pull (``queue.lease`` for one recipient, then ``queue.ack`` / ``queue.nack``
 by ids) or subscribe (``queue.subscribe`` with ``recipient`` or ``topic``, a glob over
@@ -231,9 +234,9 @@ class QueueService(ServiceActor):
         if not requests:
             return
         recipients = {r for i in items if isinstance(r := i.get("recipient"), str)}
-        waiting = self._waiting(recipients) if self.subs.subs else None
+        takers = self.subs.takers(recipients, self._room, self.route) if self.subs.subs else None
         try:
-            result = self._db(self.store.enqueue, items, waiting)
+            result = self._db(self.store.enqueue, items, takers)
         except Exception as exc:  # noqa: BLE001 - every producer must get an answer
             self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
             for req in requests:
@@ -243,32 +246,13 @@ class QueueService(ServiceActor):
         for sender, env, body in self.group.split(result, requests):
             self.reply(sender, env, protocol.OK, body)
         by_owner: dict[str, list] = {}
-        for m in result.leased:
+        for m in result.leased:  # stored already leased to a subscriber: deliver at once
             by_owner.setdefault(m.lease_owner, []).append(m)
         for owner, msgs in by_owner.items():
             self._deliver(self.subs.by_owner(owner), msgs)
-        if len(result.accepted) > len(result.leased) and not self.pump_timer and any(
-                self.route(r) or any(s.matches(r) for s in self.subs.subs.values())
-                for r in recipients):
-            # A pump wakeup costs ~0.1 ms: only when a round has something to deliver (pull
-            # consumers need none; the tick pumps anyway).
-            self._schedule_pump()
-
-    def _waiting(self, recipients: set[str]) -> dict[str, tuple[str, int, float]]:
-        """recipient -> (owner, room, visibility_s) of a subscription with room for it, at
-        most one recipient per subscription: the store leases new messages of these
-        recipients in the enqueue transaction (when nothing of theirs is ready already)."""
-        out: dict[str, tuple[str, int, float]] = {}
-        subs = self.subs.in_turn()
-        for rcpt in recipients:
-            if self.route(rcpt):
-                continue
-            for sub in subs:
-                if sub.matches(rcpt) and (room := self._room(sub)) > 0:
-                    out[rcpt] = (sub.owner, room, sub.visibility_s)
-                    subs.remove(sub)
-                    break
-        return out
+        if len(result.accepted) > len(result.leased) and not self.pump_timer \
+                and self.subs.wanted(recipients, self.route):
+            self._schedule_pump()  # a wakeup costs ~0.1 ms: only when a round has work
 
     # -- delivery ---------------------------------------------------------------------------
     def _pump(self) -> None:

@@ -240,25 +240,9 @@ class QueueStore:
                                        ).fetchall() if found else []
                 got.sort(key=_LEASE_ORDER)
                 rows += got
-            out = self._leased(rows, owner, params["exp"])
+            out = schema.leased_messages(conn, self._fresh, rows, owner, params["exp"])
             tx.move(rows, READY, LEASED, _RCPT_PRIO_OF_LEASED)
             tx.totals["leased"] = len(out)
-        return out
-
-    def _leased(self, rows: list[tuple], owner: str, expires_at: float) -> list[Leased]:
-        """Messages of just leased ``rows``: from the memory of fresh rows, else read back."""
-        take, out, missing = self._fresh.take, [], {}
-        for rowid, mid, _, _, available_at, attempts in rows:
-            row = take(mid)
-            if row is None:
-                missing[rowid] = len(out)
-                out.append(None)
-            else:
-                out.append(schema.inserted_to_leased(row, available_at, attempts, owner,
-                                                     expires_at))
-        if missing:
-            for row in self._conn.execute(schema.ROWS_SQL, (json.dumps(list(missing)),)):
-                out[missing[row[0]]] = schema.row_to_message(row[1:])
         return out
 
     def ack(self, ids: Sequence[str], owner: str | None = None) -> int:
@@ -321,36 +305,25 @@ class QueueStore:
         Uses ``ix_leased``; no query at all while nothing is leased. Returns the count."""
         if not any(n for (state, _, _), n in self._depth.items() if state == LEASED):
             return 0
-        now = self._clock()
-        clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease expired'"
-        expired = "state = 1 AND lease_expires_at < :now"
-        with self._tx() as tx:
-            dead = self._conn.execute(
-                f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {expired} "
-                "AND attempts >= max_attempts RETURNING recipient, priority",
-                {"now": now}).fetchall()
-            ready = self._conn.execute(
-                f"UPDATE messages SET state = 0, {clear} WHERE {expired} "
-                "RETURNING recipient, priority", {"now": now}).fetchall()
-            tx.move(dead, LEASED, DEAD)
-            tx.move(ready, LEASED, READY)
-            tx.totals.update(expired=len(dead) + len(ready), dead=len(dead))
-        return len(dead) + len(ready)
+        return self._end_leases("lease_expires_at < :now", {}, "lease expired")
 
     def release_leases(self, owner: str) -> int:
         """Every lease of ``owner`` ends now, as if it had expired (see :meth:`expire_leases`):
         for a consumer known to be gone, e.g. the previous incarnation of the queue's own
         inbox sink after a crash. Returns the count."""
-        clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease released'"
-        mine = "state = 1 AND lease_owner = :owner"
+        return self._end_leases("lease_owner = :owner", {"owner": owner}, "lease released")
+
+    def _end_leases(self, where: str, params: dict, why: str) -> int:
+        clear = "lease_owner = NULL, lease_expires_at = NULL, last_error = :why"
+        params = {**params, "now": self._clock(), "why": why}
         with self._tx() as tx:
             dead = self._conn.execute(
-                f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE {mine} "
-                "AND attempts >= max_attempts RETURNING recipient, priority",
-                {"now": self._clock(), "owner": owner}).fetchall()
+                f"UPDATE messages SET state = 2, dead_at = :now, {clear} WHERE state = 1 AND "
+                f"{where} AND attempts >= max_attempts RETURNING recipient, priority",
+                params).fetchall()
             ready = self._conn.execute(
-                f"UPDATE messages SET state = 0, {clear} WHERE {mine} "
-                "RETURNING recipient, priority", {"owner": owner}).fetchall()
+                f"UPDATE messages SET state = 0, {clear} WHERE state = 1 AND {where} "
+                "RETURNING recipient, priority", params).fetchall()
             tx.move(dead, LEASED, DEAD)
             tx.move(ready, LEASED, READY)
             tx.totals.update(expired=len(dead) + len(ready), dead=len(dead))

@@ -189,14 +189,14 @@ class Supervisor(SwarmActor):
             self._report(child)
             return
         child.state = "restarting"
-        self._report(child)
-        self.alert("warning", f"{name} restarted", f"{child.last_error}; {decision.reason}",
-                   key=f"{name}:restart")
         self._stop_children(decision.stop)
         if decision.delay_s > 0:
             self.wakeupAfter(_wait(decision.delay_s), payload=("restart", decision.start))
         else:
-            self._queue_start(decision.start)
+            self._queue_start(decision.start)  # first: the reports below can wait, the child not
+        self._report(child)
+        self.alert("warning", f"{name} restarted", f"{child.last_error}; {decision.reason}",
+                   key=f"{name}:restart")
 
     def _queue_start(self, names) -> None:
         for n in names:

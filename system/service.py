@@ -191,8 +191,8 @@ class SwarmActor(Actor):
             elif isinstance(message, PoisonMessage):
                 self.log("warning", "poison", "a message could not be delivered or handled",
                          detail=str(message.details)[:200])
-            else:
-                self.on_system_message(message, sender)
+            else:  # other Thespian notices (DeadEnvelope, convention updates, ...), or junk
+                self.log("debug", "ignored", f"ignored a {type(message).__name__} message")
         except Exception as exc:  # noqa: BLE001 - a bug here must not become a PoisonMessage loop
             self.error_stats.record("fatal", f"{type(exc).__name__}: {exc}")
             self.log("error", "internal_error", f"{type(message).__name__} handling failed: "
@@ -336,9 +336,6 @@ class SwarmActor(Actor):
         pass
 
     def on_child_exited(self, address) -> None:
-        pass
-
-    def on_system_message(self, message, sender) -> None:
         pass
 
 

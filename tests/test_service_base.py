@@ -77,3 +77,10 @@ def test_config_error_in_a_handler_parks_the_service_as_failed(swarm):
     assert "probe raised config" in status["services"]["probe"]["detail"]
     time.sleep(0.5)
     assert swarm.service("probe")["restarts"] == 0  # no restart loop
+
+
+def test_a_non_envelope_object_is_ignored_and_the_actor_keeps_working(shared_swarm):
+    pid = shared_swarm.service("probe")["pid"]
+    shared_swarm.tell("probe", {"not": "an envelope"})
+    assert shared_swarm.ask("probe", protocol.TEST_ECHO, {"still": "here"}).b == {"still": "here"}
+    assert shared_swarm.service("probe")["pid"] == pid

@@ -82,28 +82,24 @@ def connect(config: dict):
         raise NotRunning(f"no swarm running on {host}:{port}")
     if port not in _handles:
         secure_bind(config["system"].get("bind", "127.0.0.1"))
-        with _scoped_env({"TZ": os.environ.get("TZ")}):
+        with _env_restored("TZ"):
             _handles[port] = ActorSystem(BASE, capabilities(config), transientUnique=True)
     return _handles[port]
 
 
 @contextlib.contextmanager
-def _scoped_env(values: dict):
-    """Set (or unset, for None) environment variables, restoring them afterwards."""
-    saved = {k: os.environ.get(k) for k in values}
+def _env_restored(*names: str):
+    """Put these environment variables back as they were (Thespian sets TZ in the caller;
+    boot points THESPLOG_FILE at data_dir only for the system it creates)."""
+    saved = {name: os.environ.get(name) for name in names}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         yield
     finally:
-        for key, value in saved.items():
+        for name, value in saved.items():
             if value is None:
-                os.environ.pop(key, None)
+                os.environ.pop(name, None)
             else:
-                os.environ[key] = value
+                os.environ[name] = value
 
 
 def data_dir(config: dict) -> Path:
@@ -129,7 +125,7 @@ def boot(config: dict) -> dict:
     logs = log_defs(root_dir, system.get("log_level", "info"), system.get("log_max_bytes",
                     10 * 1024 * 1024), system.get("log_backups", 5),
                     sorted(config.get("_secret_values", [])))
-    with _scoped_env({"TZ": os.environ.get("TZ"), "THESPLOG_FILE": os.environ.get("THESPLOG_FILE")}):
+    with _env_restored("TZ", "THESPLOG_FILE"):
         prepare_log_dir(root_dir)
         asys = ActorSystem(BASE, capabilities(config), logDefs=logs)
     root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)

@@ -259,20 +259,21 @@ class SwarmActor(Actor):
             self.send(self.myAddress, ActorExitRequest())
 
     def _on_wakeup(self, payload) -> None:
-        if payload == "tick":
-            try:
+        if isinstance(payload, tuple) and payload and payload[0] == "retry":
+            self._on_bytes(payload[1], payload[2])
+            return
+        try:  # a failing timer handler is recorded and logged; the actor and its tick go on
+            if payload == "tick":
                 self._expire_requests()
                 self.on_tick()
-            except Exception as exc:  # noqa: BLE001
-                kind = classify(exc)
-                self.error_stats.record(kind, str(exc))
-                self.log("error", "tick_error", f"{type(exc).__name__}: {exc}", exc=exc)
-            if self.tick_s:
-                self.wakeupAfter(datetime.timedelta(seconds=self.tick_s), payload="tick")
-        elif isinstance(payload, tuple) and payload and payload[0] == "retry":
-            self._on_bytes(payload[1], payload[2])
-        else:
-            self.on_wakeup(payload)
+            else:
+                self.on_wakeup(payload)
+        except Exception as exc:  # noqa: BLE001
+            self.error_stats.record(classify(exc), str(exc))
+            self.log("error", "timer_error", f"{payload!r:.40}: {type(exc).__name__}: {exc}",
+                     exc=exc)
+        if payload == "tick" and self.tick_s:
+            self.wakeupAfter(datetime.timedelta(seconds=self.tick_s), payload="tick")
 
     def _drain_bridge(self) -> None:
         for event in self.bridge.drain():

@@ -200,11 +200,6 @@ class InFlight:
             lost[owner] += 1
         return lost
 
-    def drop_owner(self, owner: str) -> None:
-        for mid in [m for m, lease in self.by_id.items() if lease[0] == owner]:
-            del self.by_id[mid]
-        self.count.pop(owner, None)
-
     def per_owner(self) -> dict[str, int]:
         return {o: n for o, n in sorted(self.count.items()) if n > 0}
 

@@ -172,19 +172,16 @@ class QueueService(ServiceActor):
 
     # -- timers -----------------------------------------------------------------------------
     def on_wakeup(self, payload) -> None:
-        try:
-            if payload == "flush":
-                self.flush_timer = False
-                self._flush()
-            elif payload == "pump":
-                self.pump_timer = False
+        if payload == "flush":
+            self.flush_timer = False
+            self._flush()
+        elif payload == "pump":
+            self.pump_timer = False
+            try:
                 self._pump()
-        except Exception as exc:  # noqa: BLE001 - a timer must never kill the actor
-            self.error_stats.record("transient" if isinstance(exc, _STORAGE_ERRORS) else "fatal",
-                               str(exc))
-            self.log("error", "queue_timer_error", f"{payload}: {type(exc).__name__}: {exc}")
-            if payload == "pump":
-                self._schedule_pump(0.5)
+            except Exception:
+                self._schedule_pump(0.5)  # try again soon; the base records and logs the error
+                raise
 
     def _schedule_pump(self, delay: float = PUMP_DELAY_S) -> None:
         if not self.pump_timer:

@@ -32,6 +32,9 @@ class Probe(ServiceActor):
         options = self.service_config().get("options", {})
         if options.get("fail_start"):
             raise ConfigError(str(options["fail_start"]))
+        if options.get("hang_start"):
+            while True:  # stuck before confirming: the supervisor's start deadline ends it
+                time.sleep(1)
         self.bridge = AsyncBridge()
         self.bridge.start(self._idle, name=f"{self.name}-loop")
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from thespian.actors import ActorExitRequest
 
 from actors.tree import ROOT, ChildDef, children_of, policy_of, services
@@ -22,7 +23,6 @@ from system.errors import ConfigError
 from system.service import SwarmActor, handles
 from system.supervision import RestartPolicy
 
-START_TIMEOUT_S = 10.0
 EXITED = "exited unexpectedly"
 
 
@@ -34,7 +34,8 @@ class Child:
     addr: Any = None
     pid: int | None = None
     state: str = "stopped"
-    gen: int = 0
+    deadline: float = 0.0
+    """Monotonic time by which a starting child must confirm, or a stopping one be gone."""
     started_at: float = 0.0
     last_error: str = ""
     kill_reason: str = ""
@@ -51,7 +52,7 @@ def _wait(seconds: float) -> datetime.timedelta:
 
 class Supervisor(SwarmActor):
     kind = "supervisor"
-    tick_s = 1.0  # expires relayed requests
+    tick_s = 0.25  # one tick checks start/stop deadlines and expires relayed requests
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -105,8 +106,8 @@ class Supervisor(SwarmActor):
                 self._report_all()
             return
         child = self.children[self.to_start.pop(0)]
-        child.gen += 1
         child.state = "starting"
+        child.deadline = time.monotonic() + self._start_timeout(child)
         child.addr = self.createActor(child.d.actor)
         if child.cid:
             protocol.correlate(child.cid)
@@ -114,8 +115,6 @@ class Supervisor(SwarmActor):
         self.send(child.addr, protocol.SVC_INIT.encode(
             {"name": child.d.spec.name, "config": self.config, "registry": self.registry,
              "root": self.root, "config_file": self.config_file}))
-        self.wakeupAfter(_wait(START_TIMEOUT_S), payload=("start_timeout", child.d.spec.name,
-                                                          child.gen))
 
     @handles(protocol.SVC_STARTED)
     def _child_started(self, env, sender) -> None:
@@ -155,7 +154,14 @@ class Supervisor(SwarmActor):
 
     # -- exits and restarts -----------------------------------------------------------------
     def _by_addr(self, addr) -> Child | None:
-        return next((c for c in self.children.values() if c.addr == addr), None)
+        found = next((c for c in self.children.values() if c.addr == addr), None)
+        if found is None:
+            # A child we killed before it confirmed may be reported under its final address,
+            # which does not equal the provisional one createActor returned; children start
+            # one at a time, so it is the one starting that we killed.
+            found = next((c for c in self.children.values()
+                          if c.state == "starting" and c.kill_reason), None)
+        return found
 
     def on_child_exited(self, address) -> None:
         child = self._by_addr(address)
@@ -166,6 +172,7 @@ class Supervisor(SwarmActor):
         child.addr, child.pid = None, None
         if name in self.stopping or self.shutting_down:
             self.stopping.discard(name)
+            child.kill_reason = ""
             if was in ("running", "starting", "stopping", "restarting"):
                 child.state = "stopped"
             if child.removed:
@@ -219,11 +226,14 @@ class Supervisor(SwarmActor):
             else:
                 self.send(child.addr, ActorExitRequest())
             self.policy.child_stopped(n)
-            self.wakeupAfter(_wait(child.d.spec.shutdown_timeout_s),
-                             payload=("stop_timeout", n, child.gen))
+            child.deadline = time.monotonic() + child.d.spec.shutdown_timeout_s
 
     def _escalate(self, reason: str) -> None:
         self.log("error", "escalate", f"{self.name} gives up: {reason}")
+        if self.boot_env is not None:  # still starting up: tell whoever is waiting for us
+            self.reply(self.parent, self.boot_env, protocol.SVC_FAILED,
+                       {"name": self.name, "reason": reason, "state": "failed"})
+            self.boot_env = None
         self.shutting_down = True
         self._continue()
 
@@ -246,33 +256,50 @@ class Supervisor(SwarmActor):
 
     # -- wakeups ---------------------------------------------------------------------------
     def on_wakeup(self, payload) -> None:
-        kind = payload[0]
-        if kind == "restart":
+        if payload[0] == "restart":
             self._queue_start(payload[1])
-            return
-        name, gen = payload[1], payload[2]
-        child = self.children.get(name)
-        if child is None or child.gen != gen:
-            return
-        if kind == "start_timeout" and child.state == "starting":
-            child.kill_reason = f"no start confirmation within {START_TIMEOUT_S:g}s"
-            self._kill(child)
-        elif kind == "stop_timeout" and name in self.stopping and child.addr is not None:
-            child.kill_reason = f"did not stop within {child.d.spec.shutdown_timeout_s:g}s; killed"
-            child.last_error = child.kill_reason
-            self.killed.append(name)
-            self._kill(child)
+
+    def on_tick(self) -> None:
+        now = time.monotonic()
+        for name, child in self.children.items():
+            if child.addr is None or now < child.deadline:
+                continue
+            if child.state == "starting":
+                child.kill_reason = (f"no start confirmation within "
+                                     f"{self._start_timeout(child):g}s")
+                child.deadline = now + self._start_timeout(child)  # once per period
+                self._kill(child)
+            elif name in self.stopping and child.kill_reason == "":
+                child.kill_reason = (f"did not stop within "
+                                     f"{child.d.spec.shutdown_timeout_s:g}s; killed")
+                child.last_error = child.kill_reason
+                self.killed.append(name)
+                self._kill(child)
+
+    def _start_timeout(self, child: Child) -> float:
+        """A supervisor confirms once its whole subtree is up: give it one period per actor."""
+        base = float(self.config.get("supervision", {}).get("start_timeout_s", 10.0))
+        if child.d.kind != "supervisor":
+            return base
+        return base * (len(self.config.get("services", {})) + 4)
 
     def _kill(self, child: Child) -> None:
-        self.log("warning", "kill", f"SIGKILL {child.d.spec.name} (pid {child.pid}): "
+        pid = child.pid or self._unconfirmed_pid()
+        self.log("warning", "kill", f"SIGKILL {child.d.spec.name} (pid {pid}): "
                  f"{child.kill_reason}", child=child.d.spec.name)
-        if child.pid:
-            try:
-                os.kill(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        elif child.addr is not None:
-            self.send(child.addr, ActorExitRequest())
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _unconfirmed_pid(self) -> int | None:
+        """The pid of a child that never confirmed its start (stuck in on_start): Thespian forks
+        every child from this process, and only one child is starting at a time."""
+        known = {c.pid for c in self.children.values() if c.pid}
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.Process().children():
+                if proc.pid not in known and proc.status() != psutil.STATUS_ZOMBIE:
+                    return proc.pid
+        return None
 
     # -- stop and manual restart -----------------------------------------------------------------
     @handles(protocol.TREE_STOP)

@@ -193,3 +193,20 @@ def test_foreground_start_stops_cleanly_on_ctrl_c(make_swarm):
     assert proc.returncode == 0, err
     assert "swarm stopped" in out
     assert not swarm.processes()
+
+
+def test_a_service_stuck_in_start_is_killed_at_its_deadline_without_a_loop(make_swarm):
+    swarm = make_swarm({"supervision": {"start_timeout_s": 0.5,
+                                        "services": {"max_restarts": 1, "within_s": 60}},
+                        "services": {"probe": {"options": {"hang_start": True}}}})
+    t0 = time.monotonic()
+    proc = swarm.cli("start", "-d", "--wait", "30", check=False)
+    assert time.monotonic() - t0 < 20  # a failed subtree ends the wait at once
+    assert proc.returncode != 0 and "restart intensity exceeded" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    assert "no start confirmation within 0.5s" in log
+    services = swarm.service("services")  # parked as failed during boot, not restarted
+    time.sleep(1)
+    assert swarm.service("services")["restarts"] == services["restarts"]
+    assert swarm.service("services")["state"] == "failed"

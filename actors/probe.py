@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 import time
 
 from system import protocol
@@ -86,6 +88,14 @@ class Probe(ServiceActor):
     @handles(protocol.ALERT)
     def alert_sink(self, env, sender) -> None:
         self.alerts.append(env.b)
+
+    @handles(protocol.TEST_WHERE)
+    def where(self, env, sender) -> None:
+        frame, depth = sys._getframe(), 0
+        while frame is not None:
+            frame, depth = frame.f_back, depth + 1
+        self.reply(sender, env, protocol.OK, {"thread": threading.current_thread().name,
+                                              "frames": depth})
 
     @handles(protocol.TEST_EVENTS)
     def events_(self, env, sender) -> None:

@@ -197,6 +197,7 @@ TEST_BURST = define("test.burst", "Push n events from the asyncio thread.", n=in
 TEST_LOG = define("test.log", "Log text through the runtime and through a library logger.",
                   text=str)
 TEST_EVENTS = define("test.events", "Events received from the asyncio thread so far.")
+TEST_WHERE = define("test.where", "Where handlers run: thread name and Python stack depth.")
 
 
 def _check(body: Any, mtype: MessageType) -> str | None:

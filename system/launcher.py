@@ -80,6 +80,10 @@ def fresh_stack_actors() -> None:
         for sock in _wakeup:
             sock.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        # Thespian catches every signal. A write past RLIMIT_FSIZE must fail with EFBIG, as
+        # Python arranges by default: Thespian's SIGXFSZ handler writes to its log file, which
+        # raises SIGXFSZ again, forever.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         outcome: list[BaseException | None] = []  # filled when the loop has ended
 
         def loop() -> None:

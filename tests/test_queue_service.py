@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import msgpack
+import psutil
 import pytest
 
 from actors.queue import core
@@ -374,3 +375,36 @@ def test_unopenable_database_parks_the_queue_as_failed(make_swarm):
     assert proc.returncode != 0 and "cannot open the queue database /dev/null/q.db" in proc.stderr
     queue = swarm.service("queue")
     assert queue["state"] == "failed" and queue["restarts"] == 0
+
+
+def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(make_swarm):
+    """A "full disk" on the live queue process (RLIMIT_FSIZE of 1 byte: every write past the
+    first byte of any file fails): the write probe reports it, enqueues are refused with a
+    retryable error, nothing stored is lost, and lifting the limit heals it without a
+    restart."""
+    swarm = make_swarm({"services": {"queue": {"enabled": True, "write_probe_s": 0.5,
+                                               "storage_errors_failing": 3}}})
+    swarm.start()
+    assert enqueue(swarm, [text("keep", "before", id="w-1")])["accepted"] == ["w-1"]
+    proc = psutil.Process(swarm.service("queue")["pid"])
+    unlimited = proc.rlimit(psutil.RLIMIT_FSIZE)
+    proc.rlimit(psutil.RLIMIT_FSIZE, (1, unlimited[1]))
+    try:
+        queue = swarm.wait_for(lambda s: s["services"]["queue"]["health"] != "ok",
+                               what="queue health not ok")["services"]["queue"]
+        assert "database not writable" in queue["detail"] or "storage error" in queue["detail"]
+        refused = swarm.ask("queue", protocol.QUEUE_ENQUEUE,
+                            {"items": [text("keep", "during", id="w-2")]})
+        assert refused.t == "error" and refused.b["code"] == "storage"
+        assert "retry with the same ids" in refused.b["detail"]
+        failing = swarm.wait_for(lambda s: s["services"]["queue"]["health"] == "failing",
+                                 what="queue failing")["services"]["queue"]
+        assert "storage errors in a row" in failing["detail"]
+        assert failing["state"] == "running" and failing["restarts"] == 0  # no restart loop
+    finally:
+        proc.rlimit(psutil.RLIMIT_FSIZE, unlimited)
+    swarm.wait_for(lambda s: s["services"]["queue"]["health"] == "ok", what="queue healed")
+    assert enqueue(swarm, [text("keep", "after", id="w-2")])["accepted"] == ["w-2"]
+    leased = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "keep", "limit": 10}).b["messages"]
+    assert [m["id"] for m in leased] == ["w-1", "w-2"]
+    assert swarm.service("queue")["restarts"] == 0

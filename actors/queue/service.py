@@ -54,9 +54,6 @@ INBOX_BUDGET_S = 0.05     # target duration of one inbox round
 # Gap between back-to-back inbox rounds. Never 0: Thespian's TCP loop does not read its
 # sockets while a wakeup is already due, so chained 0 s wakeups starve every incoming message.
 ROUND_GAP_S = 0.002
-STORAGE_FAIL_AFTER = 3    # consecutive storage errors -> health "failing"
-PURGE_EVERY_S = 60.0      # acked-id retention sweep period
-IDLE_EXPIRIES_MAX = 3     # lease expiries in a row without an ack -> subscriber gone
 INBOX_OWNER = "inbox"
 QUIET_BYTES_MIN = 2048    # envelopes above this size are sent as core.QuietBytes
 _STORAGE_ERRORS = (sqlite3.Error, OSError, TransientError)
@@ -84,7 +81,7 @@ class QueueService(ServiceActor):
         self.rates = core.RateWindow()
         self.latency = core.LatencyWindow()
         self.storage_errors, self.last_storage_error = 0, ""
-        self.writable = True
+        self.writable, self.last_probe = True, 0.0
         self.flush_timer = self.pump_timer = False
         self.last_producer, self.last_arrival = "", 0.0  # group commit: overlapping producers?
         self.last_purge = time.monotonic()
@@ -100,6 +97,10 @@ class QueueService(ServiceActor):
         self.max_depth = int(cfg.get("max_depth_warn", 100_000))
         self.max_age_s = float(cfg.get("max_age_warn_s", 600))
         self.retention_s = float(cfg.get("acked_retention_s", 86_400))
+        self.purge_every_s = float(cfg.get("purge_interval_s", 60))
+        self.probe_every_s = float(cfg.get("write_probe_s", 10))
+        self.fail_after = int(cfg.get("storage_errors_failing", 3))
+        self.idle_expiries_max = int(cfg.get("subscriber_idle_expiries", 3))
         self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)))
         retry_base = float(cfg.get("retry_base_s", 1.0))
         self.tick_s = min(1.0, max(0.05, min(self.lease_s, retry_base) / 2))
@@ -150,7 +151,7 @@ class QueueService(ServiceActor):
         if stats is None:
             return "failing", f"storage error: {self.last_storage_error}"
         return core.health(stats, max_depth=self.max_depth, max_age_s=self.max_age_s,
-                           storage_errors=self.storage_errors, fail_after=STORAGE_FAIL_AFTER,
+                           storage_errors=self.storage_errors, fail_after=self.fail_after,
                            writable=self.writable, last_error=self.last_storage_error)
 
     def send(self, target, message) -> None:
@@ -160,15 +161,15 @@ class QueueService(ServiceActor):
         super().send(target, message)
 
     def _db(self, fn, *args, **kw):
-        """Call the store, counting consecutive storage errors (health)."""
+        """Call the store; a storage error counts towards health ``failing``. Only a write
+        that reached the disk (the write probe, a committed enqueue) resets the count: many
+        calls succeed without touching the file."""
         try:
-            out = fn(*args, **kw)
+            return fn(*args, **kw)
         except _STORAGE_ERRORS as exc:
             self.storage_errors += 1
             self.last_storage_error = f"{type(exc).__name__}: {exc}"[:300]
             raise
-        self.storage_errors = 0
-        return out
 
     # -- timers -----------------------------------------------------------------------------
     def on_wakeup(self, payload) -> None:
@@ -191,23 +192,38 @@ class QueueService(ServiceActor):
     def on_tick(self) -> None:
         if self.store is None:
             return
+        if not self.writable or time.monotonic() - self.last_probe >= self.probe_every_s:
+            self._probe_write()  # every tick while it fails: recovery shows within a second
         self._db(self.store.expire_leases)
         now = time.time()
         for owner in self.inflight.expire(now):
             sub = self.subs.by_owner(owner)
             if sub is not None:
                 sub.idle_expiries += 1
-                if sub.idle_expiries >= IDLE_EXPIRIES_MAX:
+                if sub.idle_expiries >= self.idle_expiries_max:
                     self.subs.remove(sub.addr_key, sub.id)
                     self.log("warning", "subscriber_gone", f"dropped subscription {sub.id} of "
-                             f"{sub.addr_key}: {IDLE_EXPIRIES_MAX} lease expiries without an ack")
-        if time.monotonic() - self.last_purge >= PURGE_EVERY_S:
+                             f"{sub.addr_key}: {sub.idle_expiries} lease expiries without an ack")
+        if time.monotonic() - self.last_purge >= self.purge_every_s:
             self.last_purge = time.monotonic()
             self._db(self.store.purge_acked, self.retention_s)
         self.rates.sample(now, self.store.totals())
-        self.writable = all(os.access(p, os.W_OK) for p in (self.db_path, self.db_path.parent)
-                            if p.exists())
         self._pump()
+
+    def _probe_write(self) -> None:
+        self.last_probe = time.monotonic()
+        was = self.writable
+        try:
+            self._db(self.store.probe_write)
+        except _STORAGE_ERRORS:
+            self.writable = False
+            if was:
+                self.log("error", "not_writable", f"the queue database {self.db_path} cannot be "
+                         f"written: {self.last_storage_error}")
+            return
+        self.writable, self.storage_errors = True, 0
+        if not was:
+            self.log("info", "writable", f"the queue database {self.db_path} is writable again")
 
     # -- producers --------------------------------------------------------------------------
     @handles(protocol.QUEUE_ENQUEUE)
@@ -234,6 +250,7 @@ class QueueService(ServiceActor):
         takers = self.subs.takers(recipients, self._room, self.route) if self.subs.subs else None
         try:
             result = self._db(self.store.enqueue, items, takers)
+            self.storage_errors = 0
         except Exception as exc:  # noqa: BLE001 - every producer must get an answer
             self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
             for req in requests:

@@ -372,6 +372,12 @@ class QueueStore:
             tx.totals["purged"] = n
         return n
 
+    def probe_write(self) -> None:
+        """One write transaction that changes nothing (it rewrites the schema version): raises
+        the storage error if the database cannot be written now (read-only, disk full, I/O)."""
+        with self._tx(single=True):
+            self._conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+
     def purge_acked(self, older_than_s: float) -> int:
         """Forget acked ids older than ``older_than_s`` (ends their dedup window)."""
         with self._tx():

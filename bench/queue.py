@@ -12,7 +12,8 @@ loss or an OS crash (``FULL`` would fsync every commit).
    ``queue_actor_cpu_batched`` is the queue process's CPU share meanwhile (1.0 = one core).
 2. unbatched: an external client asks ``queue.enqueue`` with one item (answered after its
    commit) vs a raw Thespian ask of the same envelope bytes to a trivial echo actor in the same
-   system, interleaved in rounds of 100 -> ``unbatched_ratio_vs_raw_ask``.
+   system, in rounds of 100 of each, back to back -> ``unbatched_ratio_vs_raw_ask``: the
+   median of the per-round ratios (``unbatched_rate_ratio_total``: total rates' ratio).
 3. persist-queue ``SQLiteAckQueue`` (put N, then get+ack N) at synchronous=NORMAL like ours
    (``persist_queue_*``) and at its default FULL (``persist_queue_default_*``); litequeue
    (put N, then pop+done N; it sets NORMAL itself). Drain and put rates with a smaller N: both
@@ -168,8 +169,13 @@ def batched_once(asys, addr: dict, n: int) -> float:
     return n / (c["t_done"] - p["t0"])
 
 
-def unbatched(asys, queue_addr: str, asks: int) -> tuple[float, float]:
-    """(queue enqueue asks/s, raw echo asks/s), interleaved in rounds of ROUND."""
+def unbatched(asys, queue_addr: str, asks: int, queue_pid: int, port: int) -> dict:
+    """Queue enqueue asks/s, raw echo asks/s and the median of the per-round rate ratios:
+    rounds of ROUND asks, each round timing both cases back to back (which goes first
+    alternates). The median of the paired ratios keeps a burst of load from another process
+    on this shared machine, which lands in one case of one round, from deciding the result.
+    Also the CPU time each actor process spends per ask."""
+    before = {p.pid for p in swarm_processes(port)}
     queue, echo = protocol.address_from_wire(queue_addr), asys.createActor("bench.queue.Echo")
     item = {"recipient": RCPT + "-unbatched", "payload": PAYLOAD}  # nobody consumes it
 
@@ -184,16 +190,26 @@ def unbatched(asys, queue_addr: str, asks: int) -> tuple[float, float]:
         if asys.ask(echo, data, TIMEOUT_S) != data:
             raise RuntimeError("the echo actor did not answer")
 
-    cases, spent = [enqueue, raw], [0.0, 0.0]
+    cases, spent, ratios = [enqueue, raw], [0.0, 0.0], []
     for fn in cases * 20:  # warm-up
         fn()
+    procs = [psutil.Process(queue_pid)] + [p for p in swarm_processes(port) if p.pid not in before]
+    cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
     for r in range(asks // ROUND):
+        took = [0.0, 0.0]
         for i in (0, 1) if r % 2 else (1, 0):
             t0 = time.perf_counter()
             for _ in range(ROUND):
                 cases[i]()
-            spent[i] += time.perf_counter() - t0
-    return asks // ROUND * ROUND / spent[0], asks // ROUND * ROUND / spent[1]
+            took[i] = time.perf_counter() - t0
+        spent = [spent[0] + took[0], spent[1] + took[1]]
+        ratios.append(took[1] / took[0])
+    n = asks // ROUND * ROUND
+    cpu = [(sum(p.cpu_times()[:2]) - c) / n * 1e6 for p, c in zip(procs, cpu0)]
+    return {"unbatched_msgs_per_s": n / spent[0], "raw_ask_per_s": n / spent[1],
+            "unbatched_ratio_vs_raw_ask": statistics.median(ratios),
+            "unbatched_rate_ratio_total": spent[1] / spent[0],
+            "unbatched_queue_cpu_us_per_ask": cpu[0], "raw_echo_cpu_us_per_ask": cpu[1]}
 
 
 def through_actors(size: dict) -> dict:
@@ -212,15 +228,15 @@ def through_actors(size: dict) -> dict:
         cpu0, t0 = sum(queue_proc.cpu_times()[:2]), time.perf_counter()
         samples = [batched_once(asys, addr, size["n"]) for _ in range(REPS)]
         cpu = (sum(queue_proc.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
-        queue_rate, raw_rate = unbatched(asys, addr["queue"], size["asks"])
+        unbatched_result = unbatched(asys, addr["queue"], size["asks"], found["queue"]["pid"],
+                                     swarm.port)
         stats = protocol.decode(asys.ask(protocol.address_from_wire(addr["queue"]),
                                          protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
         if stats["depth"]["leased"] or stats["ready_by_recipient"].get(RCPT):
             raise RuntimeError(f"messages left unacked: {stats['depth']}")
     return {"batched_msgs_per_s": statistics.median(samples),
             "batched_samples": [round(x) for x in samples], "queue_actor_cpu_batched": cpu,
-            "unbatched_msgs_per_s": queue_rate, "raw_ask_per_s": raw_rate,
-            "unbatched_ratio_vs_raw_ask": queue_rate / raw_rate,
+            **unbatched_result,
             "swarm_processes_left": len(swarm_processes(swarm.port))}
 
 

@@ -1,4 +1,5 @@
-"""Start and stop the actor system: loopback binding, pid file, process sweep.
+"""Start and stop the actor system: loopback binding, actor loops on fresh threads, pid file,
+process sweep.
 
 Thespian binds every socket to 0.0.0.0 and accepts unauthenticated pickle; :func:`secure_bind`
 restricts binding to ``system.bind`` (127.0.0.1 by default) in this process and, by fork, in

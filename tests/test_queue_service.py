@@ -380,12 +380,15 @@ def test_unopenable_database_parks_the_queue_as_failed(make_swarm):
 def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(make_swarm):
     """A "full disk" on the live queue process (RLIMIT_FSIZE of 1 byte: every write past the
     first byte of any file fails): the write probe reports it, enqueues are refused with a
-    retryable error, nothing stored is lost, and lifting the limit heals it without a
-    restart."""
-    swarm = make_swarm({"services": {"queue": {"enabled": True, "write_probe_s": 0.5,
+    retryable error, delivery waits, nothing stored is lost, and lifting the limit heals it
+    without a restart."""
+    swarm = make_swarm({"agents": {"names": ["Agent-1"]},
+                        "services": {"queue": {"enabled": True, "write_probe_s": 0.5,
                                                "storage_errors_failing": 3}}})
     swarm.start()
-    assert enqueue(swarm, [text("keep", "before", id="w-1")])["accepted"] == ["w-1"]
+    assert enqueue(swarm, [text("keep", "before", id="w-1"),
+                           text("Agent-1", "due during the outage", id="w-3", delay_s=1.0)]
+                   )["accepted"] == ["w-1", "w-3"]
     proc = psutil.Process(swarm.service("queue")["pid"])
     unlimited = proc.rlimit(psutil.RLIMIT_FSIZE)
     proc.rlimit(psutil.RLIMIT_FSIZE, (1, unlimited[1]))
@@ -401,10 +404,16 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
                                  what="queue failing")["services"]["queue"]
         assert "storage errors in a row" in failing["detail"]
         assert failing["state"] == "running" and failing["restarts"] == 0  # no restart loop
+        time.sleep(1.5)  # w-3 is due now: delivery waits instead of failing every round
+        assert inbox_files(swarm.dir / "agents") == []
     finally:
         proc.rlimit(psutil.RLIMIT_FSIZE, unlimited)
     swarm.wait_for(lambda s: s["services"]["queue"]["health"] == "ok", what="queue healed")
     assert enqueue(swarm, [text("keep", "after", id="w-2")])["accepted"] == ["w-2"]
     leased = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "keep", "limit": 10}).b["messages"]
     assert [m["id"] for m in leased] == ["w-1", "w-2"]
+    assert wait(lambda: inbox_files(swarm.dir / "agents") == ["w-3.md"], what="w-3 delivered")
     assert swarm.service("queue")["restarts"] == 0
+    log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    assert log.count('"event": "not_writable"') == 1 and '"event": "writable"' in log
+    assert log.count('"event": "timer_error"') <= 1  # before the first probe, if at all

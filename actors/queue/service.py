@@ -161,14 +161,15 @@ class QueueService(ServiceActor):
         super().send(target, message)
 
     def _db(self, fn, *args, **kw):
-        """Call the store; a storage error counts towards health ``failing``. Only a write
-        that reached the disk (the write probe, a committed enqueue) resets the count: many
-        calls succeed without touching the file."""
+        """Call the store; a storage error counts towards health ``failing`` and makes the next
+        tick probe writability. Only a write that reached the disk (the write probe, a
+        committed enqueue) resets the count: many calls succeed without touching the file."""
         try:
             return fn(*args, **kw)
         except _STORAGE_ERRORS as exc:
             self.storage_errors += 1
             self.last_storage_error = f"{type(exc).__name__}: {exc}"[:300]
+            self.last_probe = 0.0
             raise
 
     # -- timers -----------------------------------------------------------------------------
@@ -250,7 +251,8 @@ class QueueService(ServiceActor):
         takers = self.subs.takers(recipients, self._room, self.route) if self.subs.subs else None
         try:
             result = self._db(self.store.enqueue, items, takers)
-            self.storage_errors = 0
+            if result.accepted:
+                self.storage_errors = 0
         except Exception as exc:  # noqa: BLE001 - every producer must get an answer
             self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
             for req in requests:
@@ -270,6 +272,8 @@ class QueueService(ServiceActor):
 
     # -- delivery ---------------------------------------------------------------------------
     def _pump(self) -> None:
+        if not self.writable:
+            return  # a lease could not be recorded; the tick's write probe resumes delivery
         for sub in self.subs.in_turn():
             self._push(sub)
         if self.sink is not None and self._inbox_round():

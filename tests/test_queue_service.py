@@ -4,16 +4,18 @@ from __future__ import annotations
 import contextlib
 import doctest
 import os
+import re
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import msgpack
 import psutil
 import pytest
 
 from actors.queue import core
-from actors.queue.model import EnqueueResult, Message
+from actors.queue.model import EnqueueResult, Message, QueueRepository
 from actors.queue.store import QueueStore
 from system import protocol
 from system.admin import AdminClient
@@ -417,3 +419,14 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
     log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
     assert log.count('"event": "not_writable"') == 1 and '"event": "writable"' in log
     assert log.count('"event": "timer_error"') <= 1  # before the first probe, if at all
+
+
+def test_the_service_uses_its_store_only_through_the_repository_interface(tmp_path):
+    """Another backend implements QueueRepository; the SQLite store does, and the service
+    calls nothing else on it."""
+    with QueueStore(tmp_path / "q.db") as store:
+        assert isinstance(store, QueueRepository)
+    source = (Path(__file__).parents[1] / "actors" / "queue" / "service.py").read_text()
+    used = set(re.findall(r"self\.store\.(\w+)", source))
+    members = {n for n in vars(QueueRepository) if not n.startswith("_")}
+    assert used and used <= members, used - members

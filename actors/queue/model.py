@@ -1,7 +1,8 @@
 """Value types of the persistent queue: priorities, new and stored messages, results.
 
 Pure data and validation, no I/O: shared by :mod:`actors.queue.store` (SQLite repository)
-and :mod:`actors.queue.inbox` (inbox file sink).
+and :mod:`actors.queue.inbox` (inbox file sink); :class:`QueueRepository` is the storage
+interface the queue service is written against.
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 MAX_ID_LEN = 128
 MAX_RECIPIENT_LEN = 200
@@ -227,6 +228,37 @@ class NackResult:
     @property
     def count(self) -> int:
         return len(self.retried) + len(self.dead)
+
+
+@runtime_checkable
+class QueueRepository(Protocol):
+    """What the queue service needs from its storage: the seam for another backend.
+
+    :class:`actors.queue.store.QueueStore` (SQLite, WAL) is the implementation; see its
+    docstrings for the exact semantics, which ``tests/test_queue_store.py`` pins down for any
+    backend. Storage failures raise ``sqlite3.Error``/``OSError`` (or TransientError for a
+    busy database); a new backend maps its own errors onto those.
+    """
+
+    def enqueue(self, items: Sequence[NewMessage | Mapping],
+                lease: Mapping[str, tuple[str, int, float]] | None = None) -> EnqueueResult: ...
+    def lease(self, recipient: str, limit: int, owner: str,
+              visibility_s: float) -> list[Message]: ...
+    def ack(self, ids: Sequence[str], owner: str | None = None) -> int: ...
+    def nack(self, ids: Sequence[str], error: str, owner: str | None = None, *,
+             retry: bool = True) -> NackResult: ...
+    def expire_leases(self) -> int: ...
+    def release_leases(self, owner: str) -> int: ...
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[Message]: ...
+    def requeue(self, ids: Sequence[str] | None = None) -> int: ...
+    def purge(self, state: str = "dead", recipient: str | None = None) -> int: ...
+    def purge_acked(self, older_than_s: float) -> int: ...
+    def probe_write(self) -> None: ...
+    def get(self, msg_id: str) -> Message | None: ...
+    def ready_recipients(self) -> list[str]: ...
+    def totals(self) -> dict[str, int]: ...
+    def stats(self) -> dict: ...
+    def close(self) -> None: ...
 
 
 class IdGenerator:

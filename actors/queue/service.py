@@ -44,6 +44,7 @@ from pathlib import Path
 
 from actors.queue import core
 from actors.queue.inbox import InboxSink
+from actors.queue.model import QueueRepository
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import ConfigError, PermanentError, TransientError
@@ -73,7 +74,7 @@ class QueueService(ServiceActor):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.store: QueueStore | None = None
+        self.store: QueueRepository | None = None
         self.sink: InboxSink | None = None
         self.incarnation = os.urandom(3).hex()
         self.subs = core.Subscriptions(self.incarnation)

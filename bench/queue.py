@@ -193,7 +193,10 @@ def unbatched(asys, queue_addr: str, asks: int, queue_pid: int, port: int) -> di
     cases, spent, ratios = [enqueue, raw], [0.0, 0.0], []
     for fn in cases * 20:  # warm-up
         fn()
-    procs = [psutil.Process(queue_pid)] + [p for p in swarm_processes(port) if p.pid not in before]
+    new = [p for p in swarm_processes(port) if p.pid not in before]
+    if len(new) != 1:
+        raise RuntimeError(f"expected one new process (the echo actor), found {len(new)}")
+    procs = [psutil.Process(queue_pid), new[0]]
     cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
     for r in range(asks // ROUND):
         took = [0.0, 0.0]
@@ -202,7 +205,7 @@ def unbatched(asys, queue_addr: str, asks: int, queue_pid: int, port: int) -> di
             for _ in range(ROUND):
                 cases[i]()
             took[i] = time.perf_counter() - t0
-        spent = [spent[0] + took[0], spent[1] + took[1]]
+        spent[0], spent[1] = spent[0] + took[0], spent[1] + took[1]
         ratios.append(took[1] / took[0])
     n = asks // ROUND * ROUND
     cpu = [(sum(p.cpu_times()[:2]) - c) / n * 1e6 for p, c in zip(procs, cpu0)]

@@ -18,13 +18,12 @@ from typing import Any
 
 import msgpack
 
-from actors.queue.model import EnqueueResult, Message, Priority
+from actors.queue.model import PRIORITY_LABELS, EnqueueResult, Message
 from system.errors import PermanentError
 
 MAX_ITEMS_PER_REQUEST = 10_000
 RATE_WINDOW_S = 60.0
 LATENCY_SAMPLES = 4096
-PRIORITY_LABELS = {int(p): p.label for p in Priority}
 
 
 # -- enqueue: validation and group commit ----------------------------------------------------

@@ -20,17 +20,19 @@ MAX_RECIPIENT_LEN = 200
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=~-]*")
 
 
-class Priority(IntEnum):
+class _Labeled(IntEnum):
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Priority(_Labeled):
     """Delivery priority; the stored value is the int, smaller is served first."""
 
     URGENT = 0
     HIGH = 1
     NORMAL = 2
     LOW = 3
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
     @classmethod
     def parse(cls, value: Priority | str) -> Priority:
@@ -45,16 +47,12 @@ class Priority(IntEnum):
         raise ValueError(f"unknown priority {value!r}")
 
 
-class State(IntEnum):
+class State(_Labeled):
     """Stored ``state`` column. Acked messages are deleted, so there is no ``done`` state."""
 
     READY = 0
     LEASED = 1
     DEAD = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
 
 def check_message_id(value: object) -> str | None:
@@ -109,6 +107,7 @@ class NewMessage:
 
 FIELDS = frozenset(f.name for f in fields(NewMessage))
 PRIORITY_OF_LABEL = {p.label: int(p) for p in Priority}
+PRIORITY_LABELS = {int(p): p.label for p in Priority}
 
 
 def check_fields(recipient: Any, payload: Any, sender: Any, kind: Any, priority: Any,

@@ -29,7 +29,14 @@ from typing import Self
 
 import msgpack
 
-from actors.queue.model import Message, NewMessage, Priority, State, check_fields, item_fields
+from actors.queue.model import (
+    PRIORITY_LABELS,
+    Message,
+    NewMessage,
+    State,
+    check_fields,
+    item_fields,
+)
 from system.errors import ConfigError, TransientError
 
 SCHEMA_VERSION = 2
@@ -143,7 +150,6 @@ def id_chunks(ids: Sequence[str], size: int = 5000) -> Iterator[tuple[str, int]]
         yield json.dumps(part), len(part)
 
 
-_PRIORITY_LABELS = tuple(p.label for p in Priority)
 _STATE_LABELS = tuple(s.label for s in State)
 _new_message = tuple.__new__
 
@@ -152,7 +158,7 @@ def row_to_message(row: tuple) -> Message:
     """A row selected as ``COLS`` -> :class:`Message` (headers decoded, labels for ints)."""
     h = row[6]
     return _new_message(Message, (
-        row[0], row[1], row[2], row[3], _PRIORITY_LABELS[row[4]], row[5],
+        row[0], row[1], row[2], row[3], PRIORITY_LABELS[row[4]], row[5],
         msgpack.unpackb(h, raw=False) if h else {}, row[7], row[8], row[9], row[10],
         _STATE_LABELS[row[11]], row[12], row[13], row[14], row[15]))
 
@@ -163,7 +169,7 @@ def inserted_to_leased(row: tuple, available_at: float, attempts: int, owner: st
     would read back, without reading it (a never leased row has no last_error)."""
     h = row[6]
     return _new_message(Message, (
-        row[0], row[1], row[2], row[3], _PRIORITY_LABELS[row[4]], row[5],
+        row[0], row[1], row[2], row[3], PRIORITY_LABELS[row[4]], row[5],
         msgpack.unpackb(h, raw=False) if h else {}, row[7], available_at, attempts, row[9],
         "leased", None, owner, expires_at, None))
 

@@ -382,8 +382,8 @@ def test_unopenable_database_parks_the_queue_as_failed(make_swarm):
 def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(make_swarm):
     """A "full disk" on the live queue process (RLIMIT_FSIZE of 1 byte: every write past the
     first byte of any file fails): the write probe reports it, enqueues are refused with a
-    retryable error, delivery waits, nothing stored is lost, and lifting the limit heals it
-    without a restart."""
+    retryable error, delivery and lease expiry wait, nothing stored is lost, and lifting the
+    limit heals it without a restart."""
     swarm = make_swarm({"agents": {"names": ["Agent-1"]},
                         "services": {"queue": {"enabled": True, "write_probe_s": 0.5,
                                                "storage_errors_failing": 3}}})
@@ -391,6 +391,8 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
     assert enqueue(swarm, [text("keep", "before", id="w-1"),
                            text("Agent-1", "due during the outage", id="w-3", delay_s=1.0)]
                    )["accepted"] == ["w-1", "w-3"]
+    held = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "keep", "visibility_s": 1.0}).b
+    assert [m["id"] for m in held["messages"]] == ["w-1"]  # its lease ends during the outage
     proc = psutil.Process(swarm.service("queue")["pid"])
     unlimited = proc.rlimit(psutil.RLIMIT_FSIZE)
     proc.rlimit(psutil.RLIMIT_FSIZE, (1, unlimited[1]))

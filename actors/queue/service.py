@@ -194,10 +194,13 @@ class QueueService(ServiceActor):
     def on_tick(self) -> None:
         if self.store is None:
             return
+        now = time.time()
+        self.rates.sample(now, self.store.totals())
         if not self.writable or time.monotonic() - self.last_probe >= self.probe_every_s:
             self._probe_write()  # every tick while it fails: recovery shows within a second
+        if not self.writable:
+            return  # expiries, purge and delivery all write: they wait for a good probe
         self._db(self.store.expire_leases)
-        now = time.time()
         for owner in self.inflight.expire(now):
             sub = self.subs.by_owner(owner)
             if sub is not None:
@@ -209,7 +212,6 @@ class QueueService(ServiceActor):
         if time.monotonic() - self.last_purge >= self.purge_every_s:
             self.last_purge = time.monotonic()
             self._db(self.store.purge_acked, self.retention_s)
-        self.rates.sample(now, self.store.totals())
         self._pump()
 
     def _probe_write(self) -> None:

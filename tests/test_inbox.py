@@ -75,6 +75,29 @@ def test_undecodable_payload_is_a_permanent_error_and_writes_nothing(sink, tmp_p
     assert files(tmp_path / "ws" / "alice" / "inbox") == []
 
 
+@pytest.mark.parametrize("payload", [
+    b"\x91" * 600 + b"\xc0",                                       # 600 nested arrays
+    msgpack.packb({"at": msgpack.Timestamp(2**62, 0)}, datetime=False),  # year out of range
+])
+def test_a_payload_that_cannot_be_rendered_fails_alone(sink, payload):
+    with pytest.raises(PermanentError, match="cannot be shown as JSON"):
+        render_body(payload)
+    msgs = [message("a1"), message("bad", payload=payload), message("a2")]
+    delivered, failures = sink.deliver_batch(msgs)
+    assert delivered == ["a1", "a2"]
+    assert [(i, type(e)) for i, e in failures] == [("bad", PermanentError)]
+
+
+def test_an_unexpected_error_while_writing_one_message_fails_only_that_one(sink, monkeypatch):
+    real = inbox_mod.render
+    monkeypatch.setattr(inbox_mod, "render", lambda m: 1 / 0 if m.id == "boom" else real(m))
+    delivered, failures = sink.deliver_batch([message("a1"), message("boom"), message("a2")])
+    assert delivered == ["a1", "a2"]
+    assert [i for i, _ in failures] == ["boom"]
+    assert isinstance(failures[0][1], PermanentError)
+    assert "ZeroDivisionError" in str(failures[0][1])
+
+
 def test_atomic_write_leaves_no_temp_file(sink, tmp_path):
     sink.deliver(message("m1"))
     sink.deliver_batch([message("m2"), message("m3")])

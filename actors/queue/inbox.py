@@ -77,7 +77,11 @@ def render_body(payload: bytes) -> str:
         return value
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         return value["text"]
-    text = json.dumps(_jsonable(value), indent=2, ensure_ascii=False)
+    try:  # deep nesting (RecursionError), a timestamp out of datetime's range (OverflowError)
+        text = json.dumps(_jsonable(value), indent=2, ensure_ascii=False)
+    except (RecursionError, OverflowError, ValueError) as exc:
+        raise PermanentError(f"payload cannot be shown as JSON: {exc.__class__.__name__}: "
+                             f"{exc}") from exc
     return f"```json\n{text}\n```"
 
 
@@ -146,13 +150,17 @@ class InboxSink:
         return path
 
     def deliver_batch(self, msgs: Iterable[Any]) -> tuple[list[str], list[tuple[str, Exception]]]:
-        """Deliver many; one directory fsync per agent. Returns (delivered ids, failures)."""
+        """Deliver many; one directory fsync per agent. Returns (delivered ids, failures).
+        One message that fails, for whatever reason, never holds up the others: an error that
+        is not a disk error is permanent (that message is dead-lettered)."""
         done: dict[Path, list[str]] = {}
         failures: list[tuple[str, Exception]] = []
         for msg in msgs:
             try:
                 path = self._write(msg)
-            except (PermanentError, TransientError) as exc:
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                if not isinstance(exc, (PermanentError, TransientError)):
+                    exc = PermanentError(f"cannot write it: {exc.__class__.__name__}: {exc}")
                 mid = msg.get("id") if isinstance(msg, Mapping) else getattr(msg, "id", None)
                 failures.append((str(mid), exc))
                 continue

@@ -91,10 +91,12 @@ def test_batch_with_duplicates_and_invalid_items_rejects_only_those(store):
         {"recipient": "carol", "payload": msgpack.packb("m"), "priority": "high"},
         msg(headers={"k": 1}),                                      # 9 header not str
         msg(max_attempts=0),                                        # 10
+        msg(max_attempts=2**63),                                    # 11 beyond SQLite's int
         msg(id="m2"),
     ]
     res = store.enqueue(items)
-    assert [i for i, _ in res.rejected] == [1, 3, 4, 5, 6, 7, 9, 10]
+    assert [i for i, _ in res.rejected] == [1, 3, 4, 5, 6, 7, 9, 10, 11]
+    assert "1..1000" in dict(res.rejected)[11]
     reasons = dict(res.rejected)
     assert reasons[1] == "empty recipient" and "unknown priority" in reasons[3]
     assert "bytes" in reasons[4] and reasons[5] == "negative delay"
@@ -225,6 +227,11 @@ def test_nack_backoff_timing_is_exact_and_capped(db, clock):
             clock.advance(delay - 0.001)
             assert store.lease("alice", 1, "c", 30) == []
             clock.advance(0.001)
+
+
+def test_backoff_stays_capped_for_any_attempt_count(store):
+    assert store.backoff(1) == 1.0
+    assert store.backoff(1000) == store.backoff(10**9) == store.backoff_max_s
 
 
 def test_nack_after_max_attempts_moves_to_dead_letters_with_last_error(store, clock):

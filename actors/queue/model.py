@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 MAX_ID_LEN = 128
 MAX_RECIPIENT_LEN = 200
+MAX_ATTEMPTS = 1000  # per message; with backoff capped at retry_max_s that is days of retries
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=~-]*")
 
 
@@ -144,9 +145,10 @@ def check_fields(recipient: Any, payload: Any, sender: Any, kind: Any, priority:
     if mid is not None and (reason := check_message_id(mid)):
         return reason
     if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+        or not 1 <= max_attempts <= MAX_ATTEMPTS
     ):
-        return "max_attempts must be an int >= 1"
+        return f"max_attempts must be an int in 1..{MAX_ATTEMPTS}"
     return prio
 
 

@@ -297,7 +297,7 @@ class QueueStore:
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows attempt number ``attempts`` (1-based)."""
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0))
+        return min(self.backoff_max_s, self.backoff_base_s * 2.0 ** min(max(attempts - 1, 0), 64))
 
     def expire_leases(self) -> int:
         """Leases past ``lease_expires_at`` become ready again at their old queue position

@@ -8,6 +8,8 @@ detection, error recovery and the asyncio bridge on the real actor system::
 """
 from __future__ import annotations
 
+import errno
+
 import asyncio
 import logging
 import sys
@@ -20,7 +22,8 @@ from system.errors import ConfigError, FatalError, PermanentError, TransientErro
 from system.service import ServiceActor, handles
 
 _ERRORS = {"transient": TransientError, "permanent": PermanentError, "config": ConfigError,
-           "fatal": FatalError, "value": ValueError, "runtime": RuntimeError}
+           "fatal": FatalError, "value": ValueError, "runtime": RuntimeError,
+           "disk_full": lambda text: OSError(errno.ENOSPC, f"No space left on device: {text}")}
 
 
 class Probe(ServiceActor):

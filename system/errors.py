@@ -1,11 +1,14 @@
 """Error classes shared by every service, and how common exceptions map onto them.
 
 The class decides the recovery (see ``system.service``): transient errors are retried with
-backoff, permanent ones are answered with an error reply, config errors park the service in
-state ``failed`` without a restart loop, fatal ones crash the actor so its supervisor restarts it.
+backoff, permanent ones are answered with an error reply, storage errors are answered with an
+error reply while the service keeps running (a restart cannot free a full disk), config errors
+park the service in state ``failed`` without a restart loop, fatal ones crash the actor so its
+supervisor restarts it.
 """
 from __future__ import annotations
 
+import errno
 import sqlite3
 
 
@@ -25,6 +28,13 @@ class PermanentError(SwarmError):
     """This input can never succeed: a bad message, an unknown recipient."""
 
     kind = "permanent"
+
+
+class StorageError(SwarmError):
+    """The disk refused a read or write (full, read-only, I/O error, over a size limit): the
+    request was not done; it may succeed later, once an operator has fixed the disk."""
+
+    kind = "storage"
 
 
 class ConfigError(SwarmError):
@@ -47,6 +57,11 @@ class FatalError(SwarmError):
 
 
 _TRANSIENT = (TimeoutError, ConnectionError, BlockingIOError, InterruptedError)
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                          errno.EPERM, errno.EFBIG})
+# SQLite's messages for the same conditions (SQLITE_FULL, _IOERR, _READONLY, _CANTOPEN, _PERM)
+_SQLITE_DISK = ("disk is full", "disk i/o error", "readonly database", "unable to open",
+                "access permission denied")
 
 
 def classify(exc: BaseException) -> str:
@@ -59,9 +74,13 @@ def classify(exc: BaseException) -> str:
         return exc.kind
     if isinstance(exc, _TRANSIENT):
         return "transient"
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        return "storage"
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
-        return "transient" if ("locked" in text or "busy" in text) else "fatal"
+        if "locked" in text or "busy" in text:
+            return "transient"
+        return "storage" if any(s in text for s in _SQLITE_DISK) else "fatal"
     if isinstance(exc, (ValueError, TypeError, KeyError, UnicodeError)):
         return "permanent"
     return "fatal"

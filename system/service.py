@@ -249,6 +249,9 @@ class SwarmActor(Actor):
         if kind == "permanent":
             self.log("warning", "rejected", text, type=env.t)
             self.reply_error(sender, env, "permanent", text)
+        elif kind == "storage":
+            self.log("error", "storage_error", text, type=env.t)
+            self.reply_error(sender, env, "storage", f"not done, retry later: {text}")
         elif kind == "config":
             self.log("error", "config_error", text, type=env.t)
             self.reply_error(sender, env, "config", text)

@@ -1,11 +1,13 @@
 """Structured logging: JSON records, secret redaction, human rendering, error classes."""
 from __future__ import annotations
 
+import errno
+
 import json
 import logging
 import sqlite3
 
-from system.errors import ConfigError, PermanentError, TransientError, classify
+from system.errors import ConfigError, PermanentError, StorageError, TransientError, classify
 from system.logs import JsonFormatter, RedactFilter, format_line, log_defs
 
 
@@ -56,6 +58,12 @@ def test_exceptions_map_to_recovery_classes():
     assert classify(TransientError("x")) == "transient"
     assert classify(ConfigError(["a", "b"])) == "config"
     assert classify(RuntimeError()) == "fatal"
+    for disk in (OSError(errno.ENOSPC, "full"), OSError(errno.EROFS, "ro"), PermissionError(
+            errno.EACCES, "denied"), sqlite3.OperationalError("database or disk is full"),
+            sqlite3.OperationalError("attempt to write a readonly database"),
+            sqlite3.OperationalError("disk I/O error"), StorageError("x")):
+        assert classify(disk) == "storage", disk
+    assert classify(OSError(errno.EBADF, "bad fd")) == "fatal"
 
 
 def test_follow_continues_across_rotation(tmp_path):

@@ -389,8 +389,9 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
                                                "storage_errors_failing": 3}}})
     swarm.start()
     assert enqueue(swarm, [text("keep", "before", id="w-1"),
-                           text("Agent-1", "due during the outage", id="w-3", delay_s=1.0)]
-                   )["accepted"] == ["w-1", "w-3"]
+                           text("Agent-1", "due during the outage", id="w-3", delay_s=1.0),
+                           text("spare", "leased after the outage", id="w-4")]
+                   )["accepted"] == ["w-1", "w-3", "w-4"]
     held = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "keep", "visibility_s": 1.0}).b
     assert [m["id"] for m in held["messages"]] == ["w-1"]  # its lease ends during the outage
     proc = psutil.Process(swarm.service("queue")["pid"])
@@ -404,6 +405,8 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
                             {"items": [text("keep", "during", id="w-2")]})
         assert refused.t == "error" and refused.b["code"] == "storage"
         assert "retry with the same ids" in refused.b["detail"]
+        lease = swarm.ask("queue", protocol.QUEUE_LEASE, {"recipient": "spare"})
+        assert lease.t == "error" and lease.b["code"] == "storage"  # answered, no crash
         failing = swarm.wait_for(lambda s: s["services"]["queue"]["health"] == "failing",
                                  what="queue failing")["services"]["queue"]
         assert "storage errors in a row" in failing["detail"]
@@ -416,6 +419,8 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
     assert enqueue(swarm, [text("keep", "after", id="w-2")])["accepted"] == ["w-2"]
     leased = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "keep", "limit": 10}).b["messages"]
     assert [m["id"] for m in leased] == ["w-1", "w-2"]
+    assert [m["id"] for m in ask(swarm, protocol.QUEUE_LEASE, {"recipient": "spare"}
+                                 ).b["messages"]] == ["w-4"]
     assert wait(lambda: inbox_files(swarm.dir / "agents") == ["w-3.md"], what="w-3 delivered")
     assert swarm.service("queue")["restarts"] == 0
     log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()

@@ -54,6 +54,16 @@ def test_permanent_error_is_answered_and_the_actor_keeps_running(shared_swarm):
     assert shared_swarm.service("probe")["pid"] == pid
 
 
+def test_storage_error_is_answered_and_the_actor_keeps_running(shared_swarm):
+    pid = shared_swarm.service("probe")["pid"]
+    reply = shared_swarm.ask("probe", protocol.TEST_RAISE, {"kind": "disk_full"})
+    assert reply.t == "error" and reply.b["code"] == "storage"
+    assert "retry later" in reply.b["detail"] and "No space left" in reply.b["detail"]
+    assert shared_swarm.service("probe")["pid"] == pid
+    pong = shared_swarm.ask("probe", protocol.HEALTH_PING)
+    assert pong.b["errors"]["by_class"].get("storage", 0) >= 1
+
+
 def test_transient_error_is_retried_until_it_succeeds(shared_swarm):
     reply = shared_swarm.ask("probe", protocol.TEST_RAISE, {"kind": "transient_then_ok",
                                                            "times": 3})

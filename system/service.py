@@ -223,6 +223,9 @@ class SwarmActor(Actor):
                 self.on_unhandled(env, sender)
         except Exception as exc:  # noqa: BLE001 - the one place errors are classified
             self._recover(exc, env, data, sender)
+            return
+        if self._retries:  # a retried message that succeeded at last
+            self._retries.pop(env.id, None)
 
     def on_unhandled(self, env: protocol.Envelope, sender) -> None:
         """A valid message this actor does not handle (replies are dropped silently)."""

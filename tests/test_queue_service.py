@@ -67,6 +67,7 @@ def test_in_flight_tracks_owners_expiry_and_latency_sources():
     f.add("sub:c", [_msg("2", 40)])  # re-leased to someone else
     assert f.per_owner() == {"pull:b": 1, "sub:c": 1}
     assert f.pop(["2", "3", "nope"]) == [100.0, 100.0] and f.per_owner() == {}
+    assert not f.count  # owners with nothing in flight are forgotten, not kept at 0
 
 
 def test_rates_latency_and_health():
@@ -177,13 +178,31 @@ def test_enqueue_lease_ack_through_the_actor(qs):
                          text("pull-a", "normal", id="pa-3")])
     assert reply == {"accepted": ["pa-1", "pa-2", "pa-3"], "duplicates": [], "rejected": [],
                      "ids": ["pa-1", "pa-2", "pa-3"]}
-    leased = ask(qs, protocol.QUEUE_LEASE, {"recipient": "pull-a", "limit": 10}).b["messages"]
+    # each ask comes from a new client address: the owner names the consumer across them
+    leased = ask(qs, protocol.QUEUE_LEASE, {"recipient": "pull-a", "limit": 10,
+                                            "owner": "puller"}).b["messages"]
     assert [m["id"] for m in leased] == ["pa-2", "pa-3", "pa-1"]
     assert msgpack.unpackb(leased[0]["payload"]) == {"text": "urgent"}  # bytes untouched
     assert leased[0]["attempts"] == 1
     assert ask(qs, protocol.QUEUE_LEASE, {"recipient": "pull-a"}).b["messages"] == []
-    assert ask(qs, protocol.QUEUE_ACK, {"ids": ["pa-1", "pa-2", "pa-3", "nope"]}).b == {"acked": 3}
+    ids = ["pa-1", "pa-2", "pa-3", "nope"]
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": ids}).b == {"acked": 0}  # not the holder
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": ids, "owner": "puller"}).b == {"acked": 3}
     assert "pull-a" not in stats(qs)["ready_by_recipient"]
+
+
+def test_a_late_ack_or_nack_never_touches_a_message_leased_to_someone_else(qs):
+    enqueue(qs, [text("late", "x", id="late-1")])
+    first = ask(qs, protocol.QUEUE_LEASE, {"recipient": "late", "owner": "a",
+                                           "visibility_s": 0.3}).b["messages"]
+    assert [m["id"] for m in first] == ["late-1"]
+    second = wait(lambda: ask(qs, protocol.QUEUE_LEASE, {"recipient": "late", "owner": "b"}
+                              ).b["messages"], what="the expired lease given to b")
+    assert second[0]["attempts"] == 2
+    assert ask(qs, protocol.QUEUE_NACK, {"ids": ["late-1"], "owner": "a", "retry": False}
+               ).b == {"retried": [], "dead": []}
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "a"}).b == {"acked": 0}
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "b"}).b == {"acked": 1}
 
 
 def test_duplicate_ids_are_reported_not_stored_twice(qs):
@@ -258,11 +277,12 @@ def test_nack_backs_off_then_dead_letters_then_requeue(qs):
     enqueue(qs, [text("retry-me", "x", id="r-1")])
     times, errors = [], []
     for attempt in (1, 2, 3):
-        got = wait(lambda: ask(qs, protocol.QUEUE_LEASE, {"recipient": "retry-me"}).b["messages"],
-                   what=f"attempt {attempt}")
+        got = wait(lambda: ask(qs, protocol.QUEUE_LEASE, {"recipient": "retry-me", "owner": "r"}
+                               ).b["messages"], what=f"attempt {attempt}")
         times.append(time.monotonic())
         assert got[0]["attempts"] == attempt
-        reply = ask(qs, protocol.QUEUE_NACK, {"ids": ["r-1"], "error": f"boom {attempt}"}).b
+        reply = ask(qs, protocol.QUEUE_NACK, {"ids": ["r-1"], "error": f"boom {attempt}",
+                                              "owner": "r"}).b
         errors.append(reply)
     assert errors[0] == {"retried": ["r-1"], "dead": []}
     assert errors[2] == {"retried": [], "dead": ["r-1"]}
@@ -272,9 +292,10 @@ def test_nack_backs_off_then_dead_letters_then_requeue(qs):
     assert r1["last_error"] == "boom 3" and r1["attempts"] == 3
     assert ask(qs, protocol.QUEUE_REQUEUE, {"ids": ["r-1", "zz"]}).b == {
         "requeued": 1, "missing": ["zz"]}
-    again = ask(qs, protocol.QUEUE_LEASE, {"recipient": "retry-me"}).b["messages"]
+    again = ask(qs, protocol.QUEUE_LEASE, {"recipient": "retry-me", "owner": "r"}).b["messages"]
     assert again[0]["id"] == "r-1" and again[0]["attempts"] == 1
-    assert ask(qs, protocol.QUEUE_NACK, {"ids": ["r-1"], "retry": False}).b["dead"] == ["r-1"]
+    assert ask(qs, protocol.QUEUE_NACK, {"ids": ["r-1"], "retry": False, "owner": "r"}
+               ).b["dead"] == ["r-1"]
 
 
 def test_inbox_files_are_written_with_the_header_block(qs):
@@ -379,23 +400,29 @@ def test_unopenable_database_parks_the_queue_as_failed(make_swarm):
     assert queue["state"] == "failed" and queue["restarts"] == 0
 
 
-def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(make_swarm):
+def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(make_swarm, request):
     """A "full disk" on the live queue process (RLIMIT_FSIZE of 1 byte: every write past the
     first byte of any file fails): the write probe reports it, enqueues are refused with a
     retryable error, delivery and lease expiry wait, nothing stored is lost, and lifting the
     limit heals it without a restart."""
+    stack = contextlib.ExitStack()
+    request.addfinalizer(stack.close)
     swarm = make_swarm({"agents": {"names": ["Agent-1"]},
                         "services": {"queue": {"enabled": True, "write_probe_s": 0.5,
                                                "storage_errors_failing": 3}}})
     swarm.start()
     assert enqueue(swarm, [text("keep", "before", id="w-1"),
                            text("Agent-1", "due during the outage", id="w-3", delay_s=1.0),
-                           text("spare", "leased after the outage", id="w-4")]
-                   )["accepted"] == ["w-1", "w-3", "w-4"]
+                           text("spare", "leased after the outage", id="w-4"),
+                           text("pushed", "pushed after the outage", id="w-5")]
+                   )["accepted"] == ["w-1", "w-3", "w-4", "w-5"]
     held = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "keep", "visibility_s": 1.0}).b
     assert [m["id"] for m in held["messages"]] == ["w-1"]  # its lease ends during the outage
     proc = psutil.Process(swarm.service("queue")["pid"])
     unlimited = proc.rlimit(psutil.RLIMIT_FSIZE)
+    queue_addr = protocol.address_from_wire(
+        AdminClient(swarm.config).call(protocol.ADMIN_LOOKUP, {"name": "queue"})["addr"])
+    subscriber = stack.enter_context(connect(swarm.config).private())
     proc.rlimit(psutil.RLIMIT_FSIZE, (1, unlimited[1]))
     try:
         queue = swarm.wait_for(lambda s: s["services"]["queue"]["health"] != "ok",
@@ -407,6 +434,10 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
         assert "retry with the same ids" in refused.b["detail"]
         lease = swarm.ask("queue", protocol.QUEUE_LEASE, {"recipient": "spare"})
         assert lease.t == "error" and lease.b["code"] == "storage"  # answered, no crash
+        subscribed = protocol.decode(subscriber.ask(queue_addr, protocol.QUEUE_SUBSCRIBE.encode(
+            {"recipient": "pushed", "max_in_flight": 5}), 5))
+        assert subscribed.t == "ok"
+        assert subscriber.listen(0.5) is None  # answered once: no error after the ok
         failing = swarm.wait_for(lambda s: s["services"]["queue"]["health"] == "failing",
                                  what="queue failing")["services"]["queue"]
         assert "storage errors in a row" in failing["detail"]
@@ -422,6 +453,8 @@ def test_unwritable_database_degrades_then_fails_then_recovers_losing_nothing(ma
     assert [m["id"] for m in ask(swarm, protocol.QUEUE_LEASE, {"recipient": "spare"}
                                  ).b["messages"]] == ["w-4"]
     assert wait(lambda: inbox_files(swarm.dir / "agents") == ["w-3.md"], what="w-3 delivered")
+    delivered = protocol.decode(subscriber.listen(5))  # the pump resumed for the subscriber
+    assert delivered.t == "queue.deliver" and [m["id"] for m in delivered.b["messages"]] == ["w-5"]
     assert swarm.service("queue")["restarts"] == 0
     log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
     assert log.count('"event": "not_writable"') == 1 and '"event": "writable"' in log

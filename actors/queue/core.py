@@ -159,13 +159,22 @@ class InFlight:
         self.count: Counter[str] = Counter()
 
     def add(self, owner: str, msgs: Sequence[Message]) -> None:
-        by_id, count = self.by_id, self.count
+        by_id = self.by_id
         for m in msgs:
             old = by_id.get(m.id)
             if old is not None:
-                count[old[0]] -= 1
+                self._less(old[0])
             by_id[m.id] = (owner, m.created_at, m.lease_expires_at or 0.0)
-        count[owner] += len(msgs)
+        if msgs:
+            self.count[owner] += len(msgs)
+
+    def _less(self, owner: str, n: int = 1) -> None:
+        """One fewer lease for ``owner``; an owner with none left is forgotten (pull owners
+        come and go with client addresses: over months they would pile up)."""
+        if (left := self.count[owner] - n) > 0:
+            self.count[owner] = left
+        else:
+            self.count.pop(owner, None)
 
     def owners(self, ids: Iterable[str]) -> dict[str | None, list[str]]:
         """ids grouped by the owner that holds them (None: not leased by this incarnation)."""
@@ -182,11 +191,11 @@ class InFlight:
 
     def pop(self, ids: Iterable[str]) -> list[float]:
         """Forget ids; returns the created_at of those known (for latency)."""
-        created, pop, count = [], self.by_id.pop, self.count
+        created, pop = [], self.by_id.pop
         for mid in ids:
             lease = pop(mid, None)
             if lease is not None:
-                count[lease[0]] -= 1
+                self._less(lease[0])
                 created.append(lease[1])
         return created
 
@@ -195,7 +204,7 @@ class InFlight:
         lost: Counter[str] = Counter()
         for mid in [m for m, lease in self.by_id.items() if lease[2] < now]:
             owner = self.by_id.pop(mid)[0]
-            self.count[owner] -= 1
+            self._less(owner)
             lost[owner] += 1
         return lost
 
@@ -260,6 +269,9 @@ class Subscriptions:
         for sub in gone:
             del self.subs[sub.id]
         return gone
+
+    def of_address(self, addr_key: str) -> list[Subscription]:
+        return [s for s in self.subs.values() if s.addr_key == addr_key]
 
     def by_owner(self, owner: str) -> Subscription | None:
         return self.subs.get(owner[4:]) if owner.startswith("sub:") else None

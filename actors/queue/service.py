@@ -47,7 +47,7 @@ from actors.queue.inbox import InboxSink
 from actors.queue.model import QueueRepository
 from actors.queue.store import QueueStore
 from system import protocol
-from system.errors import ConfigError, PermanentError, TransientError
+from system.errors import ConfigError, PermanentError, TransientError, classify
 from system.service import ServiceActor, handles
 
 PUMP_DELAY_S = 0.005      # enqueue -> delivery round: batches what arrives meanwhile
@@ -356,28 +356,49 @@ class QueueService(ServiceActor):
         self.inflight.add(owner, msgs)
         self.reply(sender, env, protocol.OK, {"messages": [core.wire_message(m) for m in msgs]})
 
-    def _settle(self, env, action) -> tuple[list, list[float], list[core.Subscription]]:
-        """Apply ack/nack to ids grouped by the owner holding them (None: not leased by this
-        incarnation; then the optional ``owner`` field, else any owner)."""
+    def _settle(self, env, sender, action) -> tuple[list, list[float], list[core.Subscription]]:
+        """Apply ack/nack to the ids the sender holds: leased to its address (pull), to one of
+        its subscriptions, or to the ``owner`` it names. An id now leased to someone else (the
+        sender's lease expired and the message went to another consumer) is left alone: a late
+        ack must not delete a message another consumer is still working on. Ids this
+        incarnation did not lease (leased before a restart) go to the store with the named
+        owner, else with any."""
         ids = core.id_list(env.b)
         hint = _arg(env.b, "owner", str, None)
-        subs, out = [], []
+        key = protocol.address_to_wire(sender)
+        mine = {hint or "pull:" + key, *(s.owner for s in self.subs.of_address(key))}
+        subs, out, settled = [], [], []
         for owner, group in self.inflight.owners(ids).items():
+            if owner is not None and owner not in mine:
+                continue
             out.append(self._db(action, group, owner if owner is not None else hint))
+            settled += group
             if (sub := self.subs.by_owner(owner or "")) is not None:
                 sub.idle_expiries = 0
                 subs.append(sub)
-        return out, self.inflight.pop(ids), subs
+        return out, self.inflight.pop(settled), subs
 
     def _settled(self, env, sender, body: dict, subs: list[core.Subscription]) -> None:
         if not _arg(env.b, "quiet", bool, False):
             self.reply(sender, env, protocol.OK, body)
-        for sub in subs:  # capacity freed: refill at once
-            self._push(sub)
+        self._refill(subs)
+
+    def _refill(self, subs: list[core.Subscription]) -> None:
+        """Push to subscribers with room again, after the request was answered: a failure here
+        is recorded and left to the pump; it must not answer the request a second time."""
+        if not self.writable:
+            return  # the write probe resumes delivery
+        try:
+            for sub in subs:
+                self._push(sub)
+        except Exception as exc:  # noqa: BLE001
+            self.error_stats.record(classify(exc), str(exc))
+            self.log("error", "push_failed", f"{type(exc).__name__}: {exc}")
+            self._schedule_pump(0.5)
 
     @handles(protocol.QUEUE_ACK)
     def _ack(self, env, sender) -> None:
-        out, created, subs = self._settle(env, self.store.ack)
+        out, created, subs = self._settle(env, sender, self.store.ack)
         self.latency.add(time.time(), created)
         self._settled(env, sender, {"acked": sum(out)}, subs)
 
@@ -386,7 +407,7 @@ class QueueService(ServiceActor):
         error = _arg(env.b, "error", str, "nacked")[:1000]
         retry = _arg(env.b, "retry", bool, True)
         out, _, subs = self._settle(
-            env, lambda ids, owner: self.store.nack(ids, error, owner, retry=retry))
+            env, sender, lambda ids, owner: self.store.nack(ids, error, owner, retry=retry))
         self._settled(env, sender, {"retried": [i for r in out for i in r.retried],
                                     "dead": [i for r in out for i in r.dead]}, subs)
 
@@ -407,7 +428,7 @@ class QueueService(ServiceActor):
                                   limit, min(batch, self.batch_max), float(vis))
         self.reply(sender, env, protocol.OK, {"sub": sub.id, "incarnation": self.incarnation,
                                               "max_in_flight": limit})
-        self._push(sub)
+        self._refill([sub])
 
     @handles(protocol.QUEUE_UNSUBSCRIBE)
     def _unsubscribe(self, env, sender) -> None:

@@ -59,15 +59,16 @@ def _msg(mid: str, expires: float, created: float = 100.0) -> Message:
 
 def test_in_flight_tracks_owners_expiry_and_latency_sources():
     f = core.InFlight()
-    f.add("sub:a", [_msg("1", 10), _msg("2", 20)])
-    f.add("pull:b", [_msg("3", 30)])
+    f.add("sub:a", [_msg("1", 10), _msg("2", 20)], "tcp:a")
+    f.add("pull:b", [_msg("3", 30)], "tcp:b")
+    assert f.holders == {"sub:a": "tcp:a", "pull:b": "tcp:b"}
     assert f.per_owner() == {"pull:b": 1, "sub:a": 2}
     assert f.owners(["1", "3", "9"]) == {"sub:a": ["1"], "pull:b": ["3"], None: ["9"]}
     assert f.expire(15) == Counter({"sub:a": 1})
-    f.add("sub:c", [_msg("2", 40)])  # re-leased to someone else
+    f.add("sub:c", [_msg("2", 40)], "tcp:c")  # re-leased to someone else
     assert f.per_owner() == {"pull:b": 1, "sub:c": 1}
     assert f.pop(["2", "3", "nope"]) == [100.0, 100.0] and f.per_owner() == {}
-    assert not f.count  # owners with nothing in flight are forgotten, not kept at 0
+    assert not f.count and not f.holders  # owners with nothing in flight are forgotten
 
 
 def test_rates_latency_and_health():
@@ -203,6 +204,39 @@ def test_a_late_ack_or_nack_never_touches_a_message_leased_to_someone_else(qs):
                ).b == {"retried": [], "dead": []}
     assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "a"}).b == {"acked": 0}
     assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "b"}).b == {"acked": 1}
+
+
+def test_large_messages_travel_in_replies_and_deliveries_a_receiver_can_decode(qs):
+    """18 messages of ~1 MB (the per-item limit) to one recipient: one lease or one delivery
+    of all of them would be ~18 MB, over the 16 MiB a receiver decodes."""
+    big = msgpack.packb("y" * 1_000_000)
+    for recipient in ("huge-pull", "huge-push"):
+        for part in range(2):
+            items = [{"recipient": recipient, "payload": big, "id": f"{recipient}-{part}-{i}"}
+                     for i in range(9)]
+            assert len(enqueue(qs, items)["accepted"]) == 9
+    pulled = []
+    while got := ask(qs, protocol.QUEUE_LEASE, {"recipient": "huge-pull", "limit": 100,
+                                                "owner": "big"}).b["messages"]:
+        assert len(got) <= 8
+        pulled += [m["id"] for m in got]
+    assert len(set(pulled)) == 18
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": pulled, "owner": "big"}).b == {"acked": 18}
+    queue = protocol.address_from_wire(
+        AdminClient(qs.config).call(protocol.ADMIN_LOOKUP, {"name": "queue"})["addr"])
+    with connect(qs.config).private() as ctx:
+        reply = protocol.decode(ctx.ask(queue, protocol.QUEUE_SUBSCRIBE.encode(
+            {"recipient": "huge-push", "max_in_flight": 100}), 10))
+        assert reply.t == "ok"
+        pushed: list[str] = []
+        while len(pushed) < 18:
+            env = protocol.decode(ctx.listen(10))
+            assert isinstance(env, protocol.Envelope) and env.t == "queue.deliver", env
+            pushed += [m["id"] for m in env.b["messages"]]
+        ctx.tell(queue, protocol.QUEUE_UNSUBSCRIBE.encode({}))
+        ctx.tell(queue, protocol.QUEUE_ACK.encode({"ids": pushed, "quiet": True}))
+    assert sorted(pushed) == sorted(f"huge-push-{p}-{i}" for p in range(2) for i in range(9))
+    wait(lambda: not stats(qs)["in_flight"].get(f"sub:{reply.b['sub']}"), what="pushed acked")
 
 
 def test_duplicate_ids_are_reported_not_stored_twice(qs):

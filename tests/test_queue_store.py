@@ -229,6 +229,19 @@ def test_nack_backoff_timing_is_exact_and_capped(db, clock):
             clock.advance(0.001)
 
 
+def test_lease_stops_at_max_bytes_and_gives_the_rest_back_untouched(store):
+    big = msgpack.packb("x" * 100_000)
+    store.enqueue([NewMessage(recipient="alice", payload=big, id=f"b{i}") for i in range(5)])
+    first = store.lease("alice", 10, "c", 30, max_bytes=250_000)
+    assert ids_of(first) == ["b0", "b1"]
+    assert store.stats()["depth"]["ready"] == 3 and store.stats()["depth"]["leased"] == 2
+    assert ids_of(store.lease("alice", 10, "c", 30, max_bytes=1)) == ["b2"]  # at least one
+    rest = store.lease("alice", 10, "c", 30)
+    assert ids_of(rest) == ["b3", "b4"] and [m.attempts for m in rest] == [1, 1]
+    assert store.stats()["totals"]["leased"] == 5
+    assert sorted(store.recount().items()) == sorted(store.counted().items())
+
+
 def test_backoff_stays_capped_for_any_attempt_count(store):
     assert store.backoff(1) == 1.0
     assert store.backoff(1000) == store.backoff(10**9) == store.backoff_max_s

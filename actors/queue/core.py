@@ -152,13 +152,15 @@ def id_list(body: dict) -> list[str]:
 
 # -- leases in flight ---------------------------------------------------------------------------
 class InFlight:
-    """Leases this incarnation handed out: id -> (owner, created_at, expires_at)."""
+    """Leases this incarnation handed out: id -> (owner, created_at, expires_at), and the
+    address (wire form) each owner's messages went to."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, tuple[str, float, float]] = {}
         self.count: Counter[str] = Counter()
+        self.holders: dict[str, str] = {}
 
-    def add(self, owner: str, msgs: Sequence[Message]) -> None:
+    def add(self, owner: str, msgs: Sequence[Message], holder: str) -> None:
         by_id = self.by_id
         for m in msgs:
             old = by_id.get(m.id)
@@ -167,6 +169,7 @@ class InFlight:
             by_id[m.id] = (owner, m.created_at, m.lease_expires_at or 0.0)
         if msgs:
             self.count[owner] += len(msgs)
+            self.holders[owner] = holder
 
     def _less(self, owner: str, n: int = 1) -> None:
         """One fewer lease for ``owner``; an owner with none left is forgotten (pull owners
@@ -175,6 +178,7 @@ class InFlight:
             self.count[owner] = left
         else:
             self.count.pop(owner, None)
+            self.holders.pop(owner, None)
 
     def owners(self, ids: Iterable[str]) -> dict[str | None, list[str]]:
         """ids grouped by the owner that holds them (None: not leased by this incarnation)."""
@@ -269,9 +273,6 @@ class Subscriptions:
         for sub in gone:
             del self.subs[sub.id]
         return gone
-
-    def of_address(self, addr_key: str) -> list[Subscription]:
-        return [s for s in self.subs.values() if s.addr_key == addr_key]
 
     def by_owner(self, owner: str) -> Subscription | None:
         return self.subs.get(owner[4:]) if owner.startswith("sub:") else None

@@ -184,6 +184,25 @@ class Message(NamedTuple):
 
 Leased = Message
 DeadLetter = Message
+WIRE_OVERHEAD = 256  # msgpack keys, numbers and framing of one message in a reply (generous)
+
+
+def wire_size(m: Message) -> int:
+    """An upper bound of the bytes ``m`` takes in a delivery or reply envelope."""
+    return (len(m.payload) + len(m.id) + len(m.recipient) + len(m.sender) + len(m.type)
+            + len(m.last_error or "") + sum(len(k) + len(v) for k, v in (m.headers or {}).items())
+            + WIRE_OVERHEAD)
+
+
+def fitting(msgs: Sequence[Message], max_bytes: int) -> int:
+    """How many of ``msgs``, from the first, fit in ``max_bytes`` (at least one: a single
+    message is always smaller than an envelope may be)."""
+    total = 0
+    for n, m in enumerate(msgs):
+        total += wire_size(m)
+        if total > max_bytes and n:
+            return n
+    return len(msgs)
 
 
 def item_fields(item: NewMessage | Mapping) -> tuple | str:
@@ -243,8 +262,8 @@ class QueueRepository(Protocol):
 
     def enqueue(self, items: Sequence[NewMessage | Mapping],
                 lease: Mapping[str, tuple[str, int, float]] | None = None) -> EnqueueResult: ...
-    def lease(self, recipient: str, limit: int, owner: str,
-              visibility_s: float) -> list[Message]: ...
+    def lease(self, recipient: str, limit: int, owner: str, visibility_s: float,
+              max_bytes: int | None = None) -> list[Message]: ...
     def ack(self, ids: Sequence[str], owner: str | None = None) -> int: ...
     def nack(self, ids: Sequence[str], error: str, owner: str | None = None, *,
              retry: bool = True) -> NackResult: ...

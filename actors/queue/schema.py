@@ -88,6 +88,9 @@ _LEASE = ("UPDATE messages SET state = 1, attempts = attempts + 1, lease_owner =
 LEASE_ONE_SQL = _LEASE.format(READY_SQL.replace("rowid, available_at, id", "rowid", 1))
 # lease_any: READY_SQL per (recipient, priority), merged in Python, then this by rowids.
 LEASE_ROWIDS_SQL = _LEASE.format("SELECT value FROM json_each(:rowids)")
+# Give back leases taken in the same transaction (over a size budget): as if never leased.
+UNLEASE_SQL = ("UPDATE messages SET state = 0, attempts = attempts - 1, lease_owner = NULL, "
+               "lease_expires_at = NULL WHERE rowid IN (SELECT value FROM json_each(?))")
 ROWS_SQL = f"SELECT rowid, {COLS} FROM messages WHERE rowid IN (SELECT value FROM json_each(?))"
 INSERT_SQL = (
     "INSERT INTO messages (id, recipient, sender, type, priority, payload, headers, created_at,"

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from actors.queue import core
 from actors.queue.inbox import InboxSink
-from actors.queue.model import QueueRepository
+from actors.queue.model import QueueRepository, fitting
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import ConfigError, PermanentError, TransientError, classify
@@ -57,6 +57,9 @@ INBOX_BUDGET_S = 0.05     # target duration of one inbox round
 ROUND_GAP_S = 0.002
 INBOX_OWNER = "inbox"
 QUIET_BYTES_MIN = 2048    # envelopes above this size are sent as core.QuietBytes
+# Messages per delivery, lease or dlq reply stop at this many bytes: half of what a receiver
+# decodes (protocol.MAX_MESSAGE_BYTES), whatever batch sizes and payload sizes are configured.
+REPLY_BYTES = protocol.MAX_MESSAGE_BYTES // 2
 _STORAGE_ERRORS = (sqlite3.Error, OSError, TransientError)
 _PURGE_STATES = ("dead", "ready", "leased", "all")
 
@@ -304,10 +307,15 @@ class QueueService(ServiceActor):
             self._deliver(sub, msgs)
 
     def _deliver(self, sub: core.Subscription, msgs: list) -> None:
-        self.inflight.add(sub.owner, msgs)
-        self.send(sub.addr, protocol.QUEUE_DELIVER.encode(
-            {"sub": sub.id, "incarnation": self.incarnation,
-             "messages": [core.wire_message(m) for m in msgs]}))
+        """``queue.deliver`` the messages to the subscriber, in as many envelopes as
+        REPLY_BYTES requires."""
+        self.inflight.add(sub.owner, msgs, sub.addr_key)
+        while msgs:
+            n = fitting(msgs, REPLY_BYTES)
+            self.send(sub.addr, protocol.QUEUE_DELIVER.encode(
+                {"sub": sub.id, "incarnation": self.incarnation,
+                 "messages": [core.wire_message(m) for m in msgs[:n]]}))
+            msgs = msgs[n:]
 
     def _inbox_round(self) -> bool:
         """Deliver one batch to inbox files; True if more may be ready now."""
@@ -351,25 +359,25 @@ class QueueService(ServiceActor):
         limit = _arg(b, "limit", int, self.batch_max, check=lambda n: 1 <= n <= most,
                      what=f"an int in 1..{most}")
         vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
-        owner = _arg(b, "owner", str, None) or "pull:" + protocol.address_to_wire(sender)
-        msgs = self._db(self.store.lease, recipient, limit, owner, float(vis))
-        self.inflight.add(owner, msgs)
+        key = protocol.address_to_wire(sender)
+        owner = _arg(b, "owner", str, None) or "pull:" + key
+        msgs = self._db(self.store.lease, recipient, limit, owner, float(vis), REPLY_BYTES)
+        self.inflight.add(owner, msgs, key)
         self.reply(sender, env, protocol.OK, {"messages": [core.wire_message(m) for m in msgs]})
 
     def _settle(self, env, sender, action) -> tuple[list, list[float], list[core.Subscription]]:
-        """Apply ack/nack to the ids the sender holds: leased to its address (pull), to one of
-        its subscriptions, or to the ``owner`` it names. An id now leased to someone else (the
-        sender's lease expired and the message went to another consumer) is left alone: a late
-        ack must not delete a message another consumer is still working on. Ids this
-        incarnation did not lease (leased before a restart) go to the store with the named
-        owner, else with any."""
+        """Apply ack/nack to the ids the sender holds: sent to its address (pulled or pushed)
+        or leased under the ``owner`` it names. An id now leased to someone else (the sender's
+        lease expired and the message went to another consumer) is left alone: a late ack
+        must not delete a message another consumer is still working on. Ids this incarnation
+        did not lease (leased before a restart) go to the store with the named owner, else
+        with any."""
         ids = core.id_list(env.b)
         hint = _arg(env.b, "owner", str, None)
-        key = protocol.address_to_wire(sender)
-        mine = {hint or "pull:" + key, *(s.owner for s in self.subs.of_address(key))}
+        key, holders = protocol.address_to_wire(sender), self.inflight.holders
         subs, out, settled = [], [], []
         for owner, group in self.inflight.owners(ids).items():
-            if owner is not None and owner not in mine:
+            if owner is not None and owner != hint and holders.get(owner) != key:
                 continue
             out.append(self._db(action, group, owner if owner is not None else hint))
             settled += group
@@ -461,6 +469,7 @@ class QueueService(ServiceActor):
                      what="an int in 1..10000")
         offset = _arg(env.b, "offset", int, 0, check=lambda n: n >= 0, what="an int >= 0")
         msgs = self._db(self.store.dead_letters, limit, offset)
+        msgs = msgs[:fitting(msgs, REPLY_BYTES)]  # the rest: page on with offset
         self.reply(sender, env, protocol.OK, {
             "messages": [core.wire_message(m) for m in msgs],
             "total": self.store.stats()["depth"]["dead"]})

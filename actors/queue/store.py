@@ -52,6 +52,7 @@ from actors.queue.model import (
     NewMessage,
     Priority,
     State,
+    fitting,
 )
 from actors.queue.schema import (
     LEASE_ONE_SQL,
@@ -205,17 +206,20 @@ class QueueStore:
         return found
 
     # -- consumer side ------------------------------------------------------------------
-    def lease(self, recipient: str, limit: int, owner: str, visibility_s: float) -> list[Leased]:
+    def lease(self, recipient: str, limit: int, owner: str, visibility_s: float,
+              max_bytes: int | None = None) -> list[Leased]:
         """Lease up to ``limit`` ready messages of ``recipient`` available now, ordered by
-        (priority, available_at, id); each lease counts one attempt."""
-        return self._lease(recipient, limit, owner, visibility_s)
+        (priority, available_at, id), and no more than ``max_bytes`` of them as sent
+        (:func:`model.wire_size`; at least one); each lease counts one attempt."""
+        return self._lease(recipient, limit, owner, visibility_s, max_bytes)
 
-    def lease_any(self, limit: int, owner: str, visibility_s: float) -> list[Leased]:
+    def lease_any(self, limit: int, owner: str, visibility_s: float,
+                  max_bytes: int | None = None) -> list[Leased]:
         """Like :meth:`lease` across all recipients (same order)."""
-        return self._lease(None, limit, owner, visibility_s)
+        return self._lease(None, limit, owner, visibility_s, max_bytes)
 
     def _lease(self, recipient: str | None, limit: int, owner: str,
-               visibility_s: float) -> list[Leased]:
+               visibility_s: float, max_bytes: int | None) -> list[Leased]:
         pairs = sorted((prio, rcpt) for (state, rcpt, prio), n in self._depth.items()
                        if state == READY and n > 0 and recipient in (None, rcpt))
         if limit <= 0 or not pairs:
@@ -241,6 +245,9 @@ class QueueStore:
                 got.sort(key=_LEASE_ORDER)
                 rows += got
             out = schema.leased_messages(conn, self._fresh, rows, owner, params["exp"])
+            if max_bytes is not None and (n := fitting(out, max_bytes)) < len(out):
+                conn.execute(schema.UNLEASE_SQL, (json.dumps([r[0] for r in rows[n:]]),))
+                rows, out = rows[:n], out[:n]
             tx.move(rows, READY, LEASED, _RCPT_PRIO_OF_LEASED)
             tx.totals["leased"] = len(out)
         return out

@@ -165,8 +165,8 @@ QUEUE_ENQUEUE = define(
     "sender, headers, delay_s, max_attempts) once committed; ok: accepted, duplicates, "
     "rejected [[index, reason]], ids.", items=list)
 QUEUE_LEASE = define(
-    "queue.lease", "Pull: lease up to limit ready messages (of recipient, or any) for "
-    "visibility_s; ok: messages.")
+    "queue.lease", "Pull: lease up to limit ready messages of recipient (or topic, a glob over "
+    "recipients) for visibility_s, as owner (default: the sender's address); ok: messages.")
 QUEUE_ACK = define("queue.ack", "Done with leased messages: ids; quiet=true: no reply. ok: acked.",
                    ids=list)
 QUEUE_NACK = define(

@@ -71,6 +71,22 @@ def test_in_flight_tracks_owners_expiry_and_latency_sources():
     assert not f.count and not f.holders  # owners with nothing in flight are forgotten
 
 
+def test_lease_fairly_rotates_and_shares_so_no_recipient_starves():
+    ready = {"a": 100, "b": 1, "c": 3}
+
+    def take(rcpt, n):
+        got = min(n, ready[rcpt])
+        ready[rcpt] -= got
+        return [rcpt] * got
+
+    first = core.lease_fairly(["a", "b", "c"], 9, 0, take)
+    assert sorted(first) == ["a"] * 5 + ["b"] + ["c"] * 3  # shares of 3, then a tops up
+    assert core.lease_fairly(["a", "b", "c"], 4, 1, take) == ["a"] * 4  # b, c are empty now
+    ready.update(b=5, c=5)
+    assert core.lease_fairly(["a", "b", "c"], 3, 2, take) == ["c", "a", "b"]  # c first now
+    assert core.lease_fairly([], 5, 0, take) == [] and core.lease_fairly(["a"], 0, 0, take) == []
+
+
 def test_rates_latency_and_health():
     r = core.RateWindow(window_s=60)
     r.sample(0, {"enqueued": 0, "acked": 0})
@@ -190,6 +206,23 @@ def test_enqueue_lease_ack_through_the_actor(qs):
     assert ask(qs, protocol.QUEUE_ACK, {"ids": ids}).b == {"acked": 0}  # not the holder
     assert ask(qs, protocol.QUEUE_ACK, {"ids": ids, "owner": "puller"}).b == {"acked": 3}
     assert "pull-a" not in stats(qs)["ready_by_recipient"]
+
+
+def test_pull_lease_by_topic_serves_every_matching_recipient(qs):
+    enqueue(qs, [text("topic-a", f"a{i}", id=f"ta-{i}") for i in range(20)]
+            + [text("topic-b", "b0", id="tb-0"), text("other", "o", id="to-0")])
+    got = ask(qs, protocol.QUEUE_LEASE, {"topic": "topic-*", "limit": 4, "owner": "t"}
+              ).b["messages"]
+    assert len(got) == 4 and "tb-0" in [m["id"] for m in got]  # a busy topic-a cannot starve b
+    rest = ask(qs, protocol.QUEUE_LEASE, {"topic": "topic-*", "limit": 100, "owner": "t"}
+               ).b["messages"]
+    assert sorted(m["id"] for m in got + rest) == sorted([f"ta-{i}" for i in range(20)]
+                                                        + ["tb-0"])
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": [m["id"] for m in got + rest], "owner": "t"}
+               ).b == {"acked": 21}
+    for body in ({}, {"recipient": "x", "topic": "y"}):
+        bad = ask(qs, protocol.QUEUE_LEASE, body)
+        assert bad.t == "error" and "exactly one of recipient or topic" in bad.b["detail"]
 
 
 def test_a_late_ack_or_nack_never_touches_a_message_leased_to_someone_else(qs):

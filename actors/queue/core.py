@@ -310,6 +310,33 @@ class Subscriptions:
         return subs[self._turn:] + subs[:self._turn]
 
 
+def lease_fairly(recipients: Sequence[str], limit: int, turn: int,
+                 take: Callable[[str, int], list]) -> list:
+    """Up to ``limit`` messages over several recipients, ``take(recipient, n)`` leasing up to
+    n of one: the list rotated by ``turn`` (call with a counter: who goes first changes every
+    round), each recipient first limited to an equal share, then those that filled their
+    share topping up the rest. One busy recipient cannot starve the others."""
+    if not recipients or limit <= 0:
+        return []
+    k = turn % len(recipients)
+    order = [*recipients[k:], *recipients[:k]]
+    share = -(-limit // len(order))
+    msgs: list = []
+    full = []
+    for rcpt in order:
+        got = take(rcpt, min(share, limit - len(msgs)))
+        msgs += got
+        if len(got) >= share:
+            full.append(rcpt)
+        if len(msgs) >= limit:
+            return msgs
+    for rcpt in full:
+        msgs += take(rcpt, limit - len(msgs))
+        if len(msgs) >= limit:
+            break
+    return msgs
+
+
 # -- routing ---------------------------------------------------------------------------------------
 class InboxRoute:
     """Which recipients the built-in inbox sink delivers: every name in ``agents.names`` and

@@ -40,11 +40,12 @@ import datetime
 import os
 import sqlite3
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from actors.queue import core
 from actors.queue.inbox import InboxSink
-from actors.queue.model import QueueRepository, fitting
+from actors.queue.model import QueueRepository, fitting, wire_size
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import ConfigError, PermanentError, TransientError, classify
@@ -87,6 +88,7 @@ class QueueService(ServiceActor):
         self.storage_errors, self.last_storage_error = 0, ""
         self.writable, self.last_probe = True, 0.0
         self.flush_timer = self.pump_timer = False
+        self.turn = 0  # rotates who goes first when one round serves several recipients
         self.last_producer, self.last_arrival = "", 0.0  # group commit: overlapping producers?
         self.last_purge = time.monotonic()
         self.inbox_cost_s = 0.001  # EWMA of one inbox file write
@@ -285,6 +287,15 @@ class QueueService(ServiceActor):
         if self.sink is not None and self._inbox_round():
             self._schedule_pump(ROUND_GAP_S)
 
+    def _next_turn(self) -> int:
+        self.turn += 1
+        return self.turn
+
+    def _matching(self, topic: str) -> list[str]:
+        """Recipients with ready messages that match a topic glob (inbox ones excepted)."""
+        return [r for r in self.store.ready_recipients()
+                if fnmatchcase(r, topic) and not self.route(r)]
+
     def _room(self, sub: core.Subscription) -> int:
         return min(sub.max_in_flight - self.inflight.count[sub.owner], sub.batch)
 
@@ -292,17 +303,9 @@ class QueueService(ServiceActor):
         room = self._room(sub)
         if room <= 0:
             return
-        if sub.recipient is not None:
-            recipients = [sub.recipient]
-        else:
-            recipients = [r for r in self.store.ready_recipients()
-                          if sub.matches(r) and not self.route(r)]
-        msgs = []
-        for recipient in recipients:
-            msgs += self._db(self.store.lease, recipient, room - len(msgs), sub.owner,
-                             sub.visibility_s)
-            if len(msgs) >= room:
-                break
+        recipients = [sub.recipient] if sub.recipient is not None else self._matching(sub.topic)
+        msgs = core.lease_fairly(recipients, room, self._next_turn(), lambda r, n: self._db(
+            self.store.lease, r, n, sub.owner, sub.visibility_s))
         if msgs:
             self._deliver(sub, msgs)
 
@@ -321,12 +324,8 @@ class QueueService(ServiceActor):
         """Deliver one batch to inbox files; True if more may be ready now."""
         agents = [r for r in self.store.ready_recipients() if self.route(r)]
         limit = max(16, min(self.batch_max, int(INBOX_BUDGET_S / self.inbox_cost_s)))
-        msgs = []
-        for agent in agents:
-            msgs += self._db(self.store.lease, agent, limit - len(msgs), INBOX_OWNER,
-                             self.lease_s)
-            if len(msgs) >= limit:
-                break
+        msgs = core.lease_fairly(agents, limit, self._next_turn(), lambda r, n: self._db(
+            self.store.lease, r, n, INBOX_OWNER, self.lease_s))
         if not msgs:
             return False
         t0 = time.perf_counter()
@@ -352,16 +351,28 @@ class QueueService(ServiceActor):
     @handles(protocol.QUEUE_LEASE)
     def _lease(self, env, sender) -> None:
         b = env.b
-        recipient = _arg(b, "recipient", str, what="a recipient name")
-        if not recipient:
-            raise PermanentError("queue.lease needs a recipient")
+        recipient = _arg(b, "recipient", str, None, what="a recipient name")
+        topic = _arg(b, "topic", str, None, what="a glob over recipient names")
+        if bool(recipient) == bool(topic):
+            raise PermanentError("queue.lease needs exactly one of recipient or topic")
         most = 10 * self.batch_max
         limit = _arg(b, "limit", int, self.batch_max, check=lambda n: 1 <= n <= most,
                      what=f"an int in 1..{most}")
-        vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
+        vis = float(_arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS))
         key = protocol.address_to_wire(sender)
         owner = _arg(b, "owner", str, None) or "pull:" + key
-        msgs = self._db(self.store.lease, recipient, limit, owner, float(vis), REPLY_BYTES)
+        spent = 0
+
+        def take(rcpt: str, n: int) -> list:  # the reply stops at REPLY_BYTES
+            nonlocal spent
+            if spent >= REPLY_BYTES:
+                return []
+            got = self._db(self.store.lease, rcpt, n, owner, vis, REPLY_BYTES - spent)
+            spent += sum(map(wire_size, got))
+            return got
+
+        msgs = core.lease_fairly([recipient] if recipient else self._matching(topic), limit,
+                                 self._next_turn(), take)
         self.inflight.add(owner, msgs, key)
         self.reply(sender, env, protocol.OK, {"messages": [core.wire_message(m) for m in msgs]})
 

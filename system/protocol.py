@@ -174,7 +174,8 @@ QUEUE_NACK = define(
     "quiet=true: no reply. ok: retried, dead.", ids=list)
 QUEUE_SUBSCRIBE = define(
     "queue.subscribe", "Push: deliver messages of recipient (or topic, a glob over recipients) "
-    "to the sender, at most max_in_flight unacked; idempotent. ok: sub, incarnation.")
+    "to the sender, at most max_in_flight unacked; idempotent; consumer: a name that replaces "
+    "the same consumer's subscription from an older address. ok: sub, incarnation.")
 QUEUE_UNSUBSCRIBE = define("queue.unsubscribe", "Drop the sender's subscriptions (or sub).")
 QUEUE_DELIVER = define("queue.deliver", "A pushed batch: sub, incarnation, messages.",
                        sub=str, messages=list)

@@ -111,15 +111,40 @@ def test_rates_latency_and_health():
 
 def test_subscriptions_are_idempotent_per_address_and_target():
     subs = core.Subscriptions("inc")
-    a = subs.subscribe("A", "tcp:a", "work", None, 5, 10, 30.0)
-    assert subs.subscribe("A", "tcp:a", "work", None, 7, 10, 30.0) is a and a.max_in_flight == 7
-    b = subs.subscribe("B", "tcp:b", None, "disc*", 5, 10, 30.0)
+    a, _ = subs.subscribe("A", "tcp:a", "work", None, 5, 10, 30.0)
+    again, replaced = subs.subscribe("A", "tcp:a", "work", None, 7, 10, 30.0)
+    assert again is a and a.max_in_flight == 7 and replaced == []
+    b, _ = subs.subscribe("B", "tcp:b", None, "disc*", 5, 10, 30.0)
     assert b.matches("discord") and not b.matches("work") and a.matches("work")
     assert subs.by_owner(b.owner) is b
     assert [s.id for s in subs.remove("tcp:a")] == [a.id] and list(subs.subs) == [b.id]
+    # a named consumer that comes back from a new address replaces its old subscription
+    w1, _ = subs.subscribe("W1", "tcp:w1", "work", None, 5, 10, 30.0, consumer="worker")
+    other, _ = subs.subscribe("X", "tcp:x", "work", None, 5, 10, 30.0, consumer="other")
+    w2, replaced = subs.subscribe("W2", "tcp:w2", "work", None, 5, 10, 30.0, consumer="worker")
+    assert replaced == [w1] and w2.id != w1.id and set(subs.subs) == {b.id, other.id, w2.id}
     route = core.InboxRoute(True, ["alice"], "Agent-*")
     assert route("alice") and route("Agent-9") and not route("bob")
     assert not core.InboxRoute(False, ["alice"], "Agent-*")("alice")
+
+
+def test_a_restarted_subscriber_gets_what_its_old_self_held_at_once(make_swarm):
+    """SIGKILL a consumer holding messages (30 s visibility): its restart subscribes under
+    the same name, which drops the dead subscription and releases its leases, instead of
+    the dead one taking batches until its leases expire."""
+    swarm = make_swarm({"services": {"queue": {"enabled": True},
+                                     "holder": consumer("kept", "hold", 10, visibility_s=30)}})
+    swarm.start()
+    enqueue(swarm, [text("kept", f"k{i}", id=f"k-{i}") for i in range(3)])
+    assert wait(lambda: events(swarm, "holder")["held"] == 3, what="held by the first holder")
+    os.kill(swarm.service("holder")["pid"], signal.SIGKILL)
+    swarm.wait_for(lambda s: s["services"]["holder"]["restarts"] == 1
+                   and s["services"]["holder"]["healthy"], what="holder restarted")
+    got = wait(lambda: (e := events(swarm, "holder"))["held"] == 3 and e, timeout=10,
+               what="redelivered to the restarted holder well before 30 s")
+    assert got["redelivered"] == {} and got["distinct"] == 3  # this incarnation saw each once
+    subs = stats(swarm)["subscriptions"]
+    assert len(subs) == 1 and subs[0]["in_flight"] == 3
 
 
 def test_release_leases_returns_an_owners_leases_at_their_old_position(tmp_path):

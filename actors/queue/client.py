@@ -34,7 +34,9 @@ class QueueConsumer:
                         max_in_flight: int = 100, **options) -> None:
         """Subscribe (again) to ``recipient`` or ``topic``; options: batch, visibility_s."""
         self._queue_spec = {k: v for k, v in {"recipient": recipient, "topic": topic,
-                                              "max_in_flight": max_in_flight, **options}.items()
+                                              "max_in_flight": max_in_flight,
+                                              "consumer": getattr(self, "name", None),
+                                              **options}.items()
                             if v is not None}
         self._queue_subscribed_at = time.monotonic()
         self._queue_lookup()

@@ -228,6 +228,7 @@ class Subscription:
     batch: int
     visibility_s: float
     idle_expiries: int = 0    # lease expiries since the last ack: a gone subscriber
+    consumer: str | None = None  # the consumer's name (stable across its restarts)
 
     @property
     def owner(self) -> str:
@@ -255,17 +256,25 @@ class Subscriptions:
         self._turn = 0
 
     def subscribe(self, addr: Any, addr_key: str, recipient: str | None, topic: str | None,
-                  max_in_flight: int, batch: int, visibility_s: float) -> Subscription:
+                  max_in_flight: int, batch: int, visibility_s: float,
+                  consumer: str | None = None) -> tuple[Subscription, list[Subscription]]:
+        """(the subscription, the subscriptions it replaces). ``consumer`` names the consumer
+        across restarts: its subscription from another (older) address to the same target is
+        replaced, so a restarted consumer does not leave a dead one taking batches."""
+        replaced = [s for s in self.subs.values() if consumer and s.consumer == consumer
+                    and (s.recipient, s.topic) == (recipient, topic) and s.addr_key != addr_key]
+        for old in replaced:
+            del self.subs[old.id]
         for sub in self.subs.values():
             if (sub.addr_key, sub.recipient, sub.topic) == (addr_key, recipient, topic):
                 sub.addr, sub.max_in_flight, sub.batch = addr, max_in_flight, batch
-                sub.visibility_s = visibility_s
-                return sub
+                sub.visibility_s, sub.consumer = visibility_s, consumer
+                return sub, replaced
         self._n += 1
         sub = Subscription(f"{self.incarnation}.{self._n}", addr, addr_key, recipient, topic,
-                           max_in_flight, batch, visibility_s)
+                           max_in_flight, batch, visibility_s, consumer=consumer)
         self.subs[sub.id] = sub
-        return sub
+        return sub, replaced
 
     def remove(self, addr_key: str, sub_id: str | None = None) -> list[Subscription]:
         gone = [s for s in self.subs.values()

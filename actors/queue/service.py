@@ -443,8 +443,14 @@ class QueueService(ServiceActor):
                      what="an int in 1..100000")
         batch = _arg(b, "batch", int, self.batch_max, check=lambda n: n >= 1, what="an int >= 1")
         vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
-        sub = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient, topic,
-                                  limit, min(batch, self.batch_max), float(vis))
+        consumer = _arg(b, "consumer", str, None)
+        sub, replaced = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient,
+                                            topic, limit, min(batch, self.batch_max), float(vis),
+                                            consumer)
+        for old in replaced:  # that consumer restarted: what its old self held goes out again
+            released = self._db(self.store.release_leases, old.owner)
+            self.log("info", "subscriber_replaced", f"{consumer} subscribed again from a new "
+                     f"address: dropped subscription {old.id}, released {released} leases")
         self.reply(sender, env, protocol.OK, {"sub": sub.id, "incarnation": self.incarnation,
                                               "max_in_flight": limit})
         self._refill([sub])

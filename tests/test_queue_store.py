@@ -130,7 +130,7 @@ def test_without_remember_acked_an_acked_id_can_be_enqueued_again(db, clock):
         assert store.enqueue([msg(id="x")]).accepted == ["x"]
 
 
-def test_lease_orders_by_priority_then_available_at_then_id(store, clock):
+def test_lease_orders_by_priority_then_available_at_then_enqueue_order(store, clock):
     store.enqueue([msg(id="n-late", priority="normal")])
     clock.advance(1)
     store.enqueue([msg(id=i, priority=p) for i, p in (
@@ -139,8 +139,8 @@ def test_lease_orders_by_priority_then_available_at_then_id(store, clock):
     store.enqueue([msg(id="n-early", priority="normal", delay_s=0)])
     clock.advance(1)
     order = ids_of(store.lease("alice", 3, "c", 30)) + ids_of(store.lease("alice", 10, "c", 30))
-    # normal: n-late is the oldest; n-a/n-b/n-early share available_at -> id order
-    assert order == ["u-0", "u-1", "h-1", "n-late", "n-a", "n-b", "n-early", "l-1"]
+    # normal: n-late is the oldest; n-b/n-a/n-early share available_at -> enqueue order
+    assert order == ["u-1", "u-0", "h-1", "n-late", "n-b", "n-a", "n-early", "l-1"]
 
 
 def test_generated_ids_keep_enqueue_order(store):
@@ -506,7 +506,7 @@ def test_enqueue_stores_new_messages_leased_to_a_waiting_consumer(store, clock):
                          msg(id="later", delay_s=5), msg(id="n2"), msg("bob", id="b")],
                         lease={"alice": ("c", 3, 30.0)})
     assert res.accepted == ["n1", "n0", "u", "later", "n2", "b"]
-    assert ids_of(res.leased) == ["u", "n0", "n1"]  # what lease() would have taken, in order
+    assert ids_of(res.leased) == ["u", "n1", "n0"]  # what lease() would have taken, in order
     assert all(m == store.get(m.id) for m in res.leased)  # exactly as stored
     first = res.leased[0]
     assert (first.state, first.attempts, first.lease_owner, first.lease_expires_at) == (
@@ -534,7 +534,9 @@ def test_leases_from_memory_equal_what_is_stored(store, clock):
     assert store.counted() == store.recount()
 
 
-def test_schema_version_1_is_migrated_by_dropping_its_second_ready_index(db):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_schema_versions_are_migrated(db, version):
+    """1 had a second ready index; 1 and 2 ordered ties by id instead of enqueue order."""
     conn = sqlite3.connect(db)
     conn.executescript(
         "CREATE TABLE messages (id TEXT PRIMARY KEY, recipient TEXT NOT NULL, "
@@ -545,22 +547,32 @@ def test_schema_version_1_is_migrated_by_dropping_its_second_ready_index(db):
         "lease_owner TEXT, lease_expires_at REAL, dead_at REAL);"
         "CREATE INDEX ix_ready ON messages(recipient, priority, available_at, id) "
         "WHERE state = 0;"
-        "CREATE INDEX ix_ready_any ON messages(priority, available_at, id) WHERE state = 0;"
+        + ("CREATE INDEX ix_ready_any ON messages(priority, available_at, id) WHERE state = 0;"
+           if version == 1 else "") +
         "CREATE INDEX ix_leased ON messages(lease_expires_at) WHERE state = 1;"
         "CREATE INDEX ix_dead ON messages(dead_at, id) WHERE state = 2;"
         "CREATE TABLE acked_ids (id TEXT PRIMARY KEY, acked_at REAL NOT NULL) WITHOUT ROWID;"
         "CREATE INDEX ix_acked_at ON acked_ids(acked_at);"
         "INSERT INTO messages (id, recipient, sender, type, priority, payload, created_at, "
-        "available_at, max_attempts) VALUES ('old', 'alice', '', 'text', 2, x'c0', 1, 1, 5);"
+        "available_at, max_attempts) VALUES ('old-b', 'alice', '', 'text', 2, x'c0', 1, 1, 5),"
+        "('old-a', 'alice', '', 'text', 2, x'c0', 1, 1, 5);"
         "INSERT INTO acked_ids VALUES ('gone', 1);"
-        "PRAGMA user_version = 1;")
+        f"PRAGMA user_version = {version};")
     conn.close()
     with QueueStore(db) as store:
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-        assert not store._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'ix_ready_any'").fetchall()
-        assert ids_of(store.lease("alice", 10, "c", 30)) == ["old"]
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        indexes = {r[0]: r[1] for r in store._conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index'")}
+        assert "ix_ready_any" not in indexes and "available_at, id" not in indexes["ix_ready"]
+        assert ids_of(store.lease("alice", 10, "c", 30)) == ["old-b", "old-a"]  # rowid order
         assert store.enqueue([msg(id="gone")]).duplicates == ["gone"]
+
+
+def test_messages_available_together_go_out_in_enqueue_order_whatever_their_ids(store):
+    res = store.enqueue([msg(id="order-9"), msg(id="order-10"), msg(), msg(id="aaa")])
+    assert ids_of(store.lease("alice", 10, "c", 30)) == res.accepted
+    store.enqueue([msg(id="z"), msg(id="y", priority="high"), msg(id="x")])
+    assert ids_of(store.lease("alice", 10, "c", 30)) == ["y", "z", "x"]
 
 
 def test_generated_ids_are_safe_file_names_and_differ_between_generators(clock):

@@ -4,7 +4,7 @@ fresh rows (:class:`FreshRows`), rows -> messages, and :class:`Transaction`.
 
 Indexes (all partial, so each state's queries only touch the rows they need):
 
-* ``ix_ready``  (recipient, priority, available_at, id) WHERE state = 0 -> ``lease`` (one range
+* ``ix_ready``  (recipient, priority, available_at[, rowid]) WHERE state = 0 -> ``lease`` (one range
   per recipient and priority), ``lease_any`` and ``next_available_at`` (the store knows which
   (recipient, priority) pairs have ready rows from its in-memory counters)
 * ``ix_leased`` (lease_expires_at)                       WHERE state = 1 -> ``expire_leases``
@@ -13,7 +13,10 @@ Indexes (all partial, so each state's queries only touch the rows they need):
 
 Every index is maintained on each enqueue, lease and ack, so there is no second ready index
 for the cross-recipient order (schema version 1 had ``ix_ready_any``: dropping it made the
-store ~15% faster; version 1 databases are migrated by dropping it).
+store ~15% faster; version 1 databases are migrated by dropping it). Messages that become
+available at the same time go out in enqueue order (rowid), whatever their ids: version 2
+ordered them by id, so a batch of producer-supplied ids went out sorted by id; its ix_ready is
+rebuilt on open.
 
 Queries use literal ``state = N`` so the planner can match the partial indexes.
 """
@@ -39,10 +42,12 @@ from actors.queue.model import (
 )
 from system.errors import ConfigError, TransientError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
-DDL = """
+READY_INDEX = ("CREATE INDEX ix_ready ON messages(recipient, priority, available_at) "
+               "WHERE state = 0")
+DDL = f"""
 CREATE TABLE messages (
     id TEXT PRIMARY KEY,
     recipient TEXT NOT NULL,
@@ -61,7 +66,7 @@ CREATE TABLE messages (
     lease_expires_at REAL,
     dead_at REAL
 );
-CREATE INDEX ix_ready ON messages(recipient, priority, available_at, id) WHERE state = 0;
+{READY_INDEX};
 CREATE INDEX ix_leased ON messages(lease_expires_at) WHERE state = 1;
 CREATE INDEX ix_dead ON messages(dead_at, id) WHERE state = 2;
 CREATE TABLE acked_ids (id TEXT PRIMARY KEY, acked_at REAL NOT NULL) WITHOUT ROWID;
@@ -73,13 +78,14 @@ COLS = ("id, recipient, sender, type, priority, payload, headers, created_at, av
 # A list of ids is bound as ONE JSON array: the SQL text stays constant (statement cache).
 IDS = "(SELECT value FROM json_each(:ids))"
 OWNER = "(:owner IS NULL OR lease_owner = :owner)"
-# The LIMIT pitfall: "ORDER BY priority, available_at, id LIMIT n" over all priorities walks
+# The LIMIT pitfall: "ORDER BY priority, available_at LIMIT n" over all priorities walks
 # every future-delayed row when fewer than n are due. Querying ONE (recipient, priority) at a
 # time makes "available_at <= :now" a range bound of the index, EXPLAIN QUERY PLAN:
 #   SEARCH messages USING INDEX ix_ready (recipient=? AND priority=? AND available_at<?)
 # The index holds the rowid: rows are updated by rowid, not looked up again by id.
 READY_SQL = ("SELECT rowid, available_at, id FROM messages WHERE state = 0 AND recipient = :rcpt "
-             "AND priority = :prio AND available_at <= :now ORDER BY available_at, id LIMIT :lim")
+             "AND priority = :prio AND available_at <= :now ORDER BY available_at, rowid "
+             "LIMIT :lim")
 # A lease returns only what changed or the caller needs to sort and count: the store has the
 # rest of a freshly enqueued row in memory, else reads it with ROWS_SQL (see QueueStore._lease).
 _LEASE = ("UPDATE messages SET state = 1, attempts = attempts + 1, lease_owner = :owner, "
@@ -136,12 +142,12 @@ def pick_leased(rows: list[tuple], lease: Mapping[str, tuple[str, int, float]],
     out = []
     for rcpt, group in wanted.items():
         owner, limit, visibility_s = lease[rcpt]
-        group.sort(key=_PRIO_ID)
+        group.sort(key=_PRIO)  # stable: enqueue order within a priority
         out += [(row, owner, now + visibility_s) for row in group[:max(limit, 0)]]
     return out
 
 
-_PRIO_ID = itemgetter(4, 0)
+_PRIO = itemgetter(4)
 
 
 def id_chunks(ids: Sequence[str], size: int = 5000) -> Iterator[tuple[str, int]]:
@@ -321,8 +327,10 @@ def connect(path: str | Path, synchronous: str, busy_timeout_s: float) -> sqlite
                 for stmt in filter(str.strip, DDL.split(";")):
                     conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:  # 2 = 1 without ix_ready_any
+            elif version in (1, 2):  # 2 = 1 without ix_ready_any; 3: ix_ready by rowid
                 conn.execute("DROP INDEX IF EXISTS ix_ready_any")
+                conn.execute("DROP INDEX ix_ready")
+                conn.execute(READY_INDEX)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise ConfigError(f"queue store {path} has schema version {version}, "

@@ -74,7 +74,7 @@ _TOTALS = ("enqueued", "duplicates", "rejected", "leased", "acked", "nacked", "r
            "expired", "requeued", "purged")
 _RCPT_PRIO_OF_ROW = itemgetter(1, 4)  # rows as INSERT_SQL / COLS: id, recipient, ..., priority
 _RCPT_PRIO_OF_LEASED = itemgetter(2, 3)  # rows RETURNING rowid, id, recipient, priority, ...
-_LEASE_ORDER = itemgetter(4, 1)      # available_at, id (RETURNING order is unspecified)
+_LEASE_ORDER = itemgetter(4, 0)      # available_at, rowid (RETURNING order is unspecified)
 
 
 class QueueStore:
@@ -209,7 +209,7 @@ class QueueStore:
     def lease(self, recipient: str, limit: int, owner: str, visibility_s: float,
               max_bytes: int | None = None) -> list[Leased]:
         """Lease up to ``limit`` ready messages of ``recipient`` available now, ordered by
-        (priority, available_at, id), and no more than ``max_bytes`` of them as sent
+        (priority, available_at, enqueue order), and no more than ``max_bytes`` of them as sent
         (:func:`model.wire_size`; at least one); each lease counts one attempt."""
         return self._lease(recipient, limit, owner, visibility_s, max_bytes)
 
@@ -238,7 +238,7 @@ class QueueStore:
                 else:  # the first of each recipient's range, merged
                     found = [c for p, rcpt in pairs if p == prio
                              for c in conn.execute(READY_SQL, {**params, "rcpt": rcpt})]
-                    found.sort(key=itemgetter(1, 2))
+                    found.sort(key=itemgetter(1, 0))  # available_at, rowid
                     rowids = json.dumps([c[0] for c in found[:limit - len(rows)]])
                     got = conn.execute(LEASE_ROWIDS_SQL, {**params, "rowids": rowids}
                                        ).fetchall() if found else []

@@ -8,9 +8,8 @@ detection, error recovery and the asyncio bridge on the real actor system::
 """
 from __future__ import annotations
 
-import errno
-
 import asyncio
+import errno
 import logging
 import sys
 import threading

@@ -57,8 +57,8 @@ class FatalError(SwarmError):
 
 
 _TRANSIENT = (TimeoutError, ConnectionError, BlockingIOError, InterruptedError)
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
-                          errno.EPERM, errno.EFBIG})
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+_FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM})  # only with a file name: not os.kill's
 # SQLite's messages for the same conditions (SQLITE_FULL, _IOERR, _READONLY, _CANTOPEN, _PERM)
 _SQLITE_DISK = ("disk is full", "disk i/o error", "readonly database", "unable to open",
                 "access permission denied")
@@ -74,7 +74,8 @@ def classify(exc: BaseException) -> str:
         return exc.kind
     if isinstance(exc, _TRANSIENT):
         return "transient"
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+    if isinstance(exc, OSError) and (exc.errno in _DISK_ERRNOS or (
+            exc.errno in _FILE_ERRNOS and exc.filename is not None)):
         return "storage"
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()

@@ -167,11 +167,12 @@ QUEUE_ENQUEUE = define(
 QUEUE_LEASE = define(
     "queue.lease", "Pull: lease up to limit ready messages of recipient (or topic, a glob over "
     "recipients) for visibility_s, as owner (default: the sender's address); ok: messages.")
-QUEUE_ACK = define("queue.ack", "Done with leased messages: ids; quiet=true: no reply. ok: acked.",
-                   ids=list)
+QUEUE_ACK = define(
+    "queue.ack", "Done with leased messages: ids (held by the sender's address or the owner it "
+    "names); quiet=true: no reply. ok: acked, not_held (ids leased to someone else).", ids=list)
 QUEUE_NACK = define(
-    "queue.nack", "Give leased messages back: ids, error, retry (false: dead-letter now); "
-    "quiet=true: no reply. ok: retried, dead.", ids=list)
+    "queue.nack", "Give leased messages back: ids, owner, error, retry (false: dead-letter "
+    "now); quiet=true: no reply. ok: retried, dead, not_held.", ids=list)
 QUEUE_SUBSCRIBE = define(
     "queue.subscribe", "Push: deliver messages of recipient (or topic, a glob over recipients) "
     "to the sender, at most max_in_flight unacked; idempotent; consumer: a name that replaces "
@@ -180,7 +181,8 @@ QUEUE_UNSUBSCRIBE = define("queue.unsubscribe", "Drop the sender's subscriptions
 QUEUE_DELIVER = define("queue.deliver", "A pushed batch: sub, incarnation, messages.",
                        sub=str, messages=list)
 QUEUE_STATS = define("queue.stats", "Depths, rates, latency, in-flight per consumer, health.")
-QUEUE_DLQ = define("queue.dlq", "Dead letters, oldest first: limit, offset; ok: messages.")
+QUEUE_DLQ = define("queue.dlq", "Dead letters, oldest first: limit, offset; ok: messages (fewer "
+                   "if they would pass 8 MiB: page on with offset), total.")
 QUEUE_REQUEUE = define("queue.requeue", "Dead letters -> ready: ids, or all=true; ok: requeued.")
 QUEUE_PURGE = define("queue.purge", "Delete messages: state (dead|ready|leased|all), recipient; "
                      "ok: purged.")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-
 import json
 import logging
 import sqlite3
@@ -58,12 +57,14 @@ def test_exceptions_map_to_recovery_classes():
     assert classify(TransientError("x")) == "transient"
     assert classify(ConfigError(["a", "b"])) == "config"
     assert classify(RuntimeError()) == "fatal"
-    for disk in (OSError(errno.ENOSPC, "full"), OSError(errno.EROFS, "ro"), PermissionError(
-            errno.EACCES, "denied"), sqlite3.OperationalError("database or disk is full"),
+    for disk in (OSError(errno.ENOSPC, "full"), OSError(errno.EROFS, "ro"),
+                 PermissionError(errno.EACCES, "denied", "/data/q.db"),
+                 sqlite3.OperationalError("database or disk is full"),
             sqlite3.OperationalError("attempt to write a readonly database"),
             sqlite3.OperationalError("disk I/O error"), StorageError("x")):
         assert classify(disk) == "storage", disk
     assert classify(OSError(errno.EBADF, "bad fd")) == "fatal"
+    assert classify(PermissionError(errno.EPERM, "kill: not permitted")) == "fatal"  # no file
 
 
 def test_follow_continues_across_rotation(tmp_path):

@@ -6,6 +6,7 @@ import doctest
 import os
 import re
 import signal
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from actors.queue import core
 from actors.queue.model import EnqueueResult, Message, QueueRepository
+from actors.queue.service import QueueService
 from actors.queue.store import QueueStore
 from system import protocol
 from system.admin import AdminClient
@@ -57,34 +59,51 @@ def _msg(mid: str, expires: float, created: float = 100.0) -> Message:
                    lease_owner="o", lease_expires_at=expires)
 
 
-def test_in_flight_tracks_owners_expiry_and_latency_sources():
+def test_in_flight_tracks_owners_holders_expiry_and_latency_sources():
     f = core.InFlight()
     f.add("sub:a", [_msg("1", 10), _msg("2", 20)], "tcp:a")
     f.add("pull:b", [_msg("3", 30)], "tcp:b")
-    assert f.holders == {"sub:a": "tcp:a", "pull:b": "tcp:b"}
-    assert f.per_owner() == {"pull:b": 1, "sub:a": 2}
-    assert f.owners(["1", "3", "9"]) == {"sub:a": ["1"], "pull:b": ["3"], None: ["9"]}
+    f.add("team", [_msg("4", 30)], "tcp:t1")
+    f.add("team", [_msg("5", 30)], "tcp:t2")
+    assert f.per_owner() == {"pull:b": 1, "sub:a": 2, "team": 2}
+    # a sender settles what was sent to its address or leased under the owner it names
+    assert f.held_by(["1", "3", "9"], "tcp:a", None) == ({"sub:a": ["1"], None: ["9"]}, ["3"])
+    assert f.held_by(["4", "5"], "tcp:t1", None) == ({"team": ["4"]}, ["5"])
+    assert f.held_by(["4", "5"], "tcp:x", "team") == ({"team": ["4", "5"]}, [])
     assert f.expire(15) == Counter({"sub:a": 1})
     f.add("sub:c", [_msg("2", 40)], "tcp:c")  # re-leased to someone else
-    assert f.per_owner() == {"pull:b": 1, "sub:c": 1}
-    assert f.pop(["2", "3", "nope"]) == [100.0, 100.0] and f.per_owner() == {}
-    assert not f.count and not f.holders  # owners with nothing in flight are forgotten
+    assert f.held_by(["2"], "tcp:a", None) == ({}, ["2"])
+    assert f.per_owner() == {"pull:b": 1, "sub:c": 1, "team": 2}
+    assert f.pop(["2", "3", "4", "5", "nope"]) == [100.0] * 4 and f.per_owner() == {}
+    assert not f.count  # owners with nothing in flight are forgotten, not kept at 0
 
 
-def test_lease_fairly_rotates_and_shares_so_no_recipient_starves():
-    ready = {"a": 100, "b": 1, "c": 3}
+def test_allocate_shares_a_round_fairly_and_rotates_who_goes_first():
+    assert core.allocate({"a": 100, "b": 1, "c": 3}, 9, 0) == [("a", 5), ("b", 1), ("c", 3)]
+    assert core.allocate({"a": 100, "b": 100}, 3, 0) == [("a", 2), ("b", 1)]
+    assert core.allocate({"a": 100, "b": 100}, 3, 1) == [("b", 2), ("a", 1)]
+    assert core.allocate({"a": 100, "b": 0, "c": 100}, 1, 1) == [("c", 1)]
+    served = [core.allocate({"a": 50, "b": 50, "c": 50}, 1, t)[0][0] for t in range(6)]
+    assert served == ["a", "b", "c", "a", "b", "c"]  # a limit of 1 still reaches everyone
+    assert core.allocate({}, 5, 0) == [] and core.allocate({"a": 3}, 0, 0) == []
+    assert core.allocate({"a": 2}, 10, 7) == [("a", 2)]
 
-    def take(rcpt, n):
-        got = min(n, ready[rcpt])
-        ready[rcpt] -= got
-        return [rcpt] * got
 
-    first = core.lease_fairly(["a", "b", "c"], 9, 0, take)
-    assert sorted(first) == ["a"] * 5 + ["b"] + ["c"] * 3  # shares of 3, then a tops up
-    assert core.lease_fairly(["a", "b", "c"], 4, 1, take) == ["a"] * 4  # b, c are empty now
-    ready.update(b=5, c=5)
-    assert core.lease_fairly(["a", "b", "c"], 3, 2, take) == ["c", "a", "b"]  # c first now
-    assert core.lease_fairly([], 5, 0, take) == [] and core.lease_fairly(["a"], 0, 0, take) == []
+def test_a_push_failing_after_the_reply_is_recorded_and_left_to_the_pump():
+    """After a request was answered, a failing refill must not escape: the base would answer
+    the request a second time (with an error)."""
+    svc = QueueService()
+    logged, pumps = [], []
+    svc.log = lambda level, event, text, **kw: logged.append(event)
+    svc._schedule_pump = lambda delay=0.0: pumps.append(delay)
+
+    def push(sub):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    svc._push = push
+    svc._refill(["a subscription"])
+    assert logged == ["push_failed"] and pumps == [0.5]
+    assert svc.error_stats.by_class == {"storage": 1}
 
 
 def test_rates_latency_and_health():
@@ -228,7 +247,9 @@ def test_enqueue_lease_ack_through_the_actor(qs):
     assert leased[0]["attempts"] == 1
     assert ask(qs, protocol.QUEUE_LEASE, {"recipient": "pull-a"}).b["messages"] == []
     ids = ["pa-1", "pa-2", "pa-3", "nope"]
-    assert ask(qs, protocol.QUEUE_ACK, {"ids": ids}).b == {"acked": 0}  # not the holder
+    # not the holder: a new address, no owner named
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": ids}).b == {
+        "acked": 0, "not_held": ["pa-1", "pa-2", "pa-3"]}
     assert ask(qs, protocol.QUEUE_ACK, {"ids": ids, "owner": "puller"}).b == {"acked": 3}
     assert "pull-a" not in stats(qs)["ready_by_recipient"]
 
@@ -259,8 +280,9 @@ def test_a_late_ack_or_nack_never_touches_a_message_leased_to_someone_else(qs):
                               ).b["messages"], what="the expired lease given to b")
     assert second[0]["attempts"] == 2
     assert ask(qs, protocol.QUEUE_NACK, {"ids": ["late-1"], "owner": "a", "retry": False}
-               ).b == {"retried": [], "dead": []}
-    assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "a"}).b == {"acked": 0}
+               ).b == {"retried": [], "dead": [], "not_held": ["late-1"]}
+    assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "a"}).b == {
+        "acked": 0, "not_held": ["late-1"]}
     assert ask(qs, protocol.QUEUE_ACK, {"ids": ["late-1"], "owner": "b"}).b == {"acked": 1}
 
 

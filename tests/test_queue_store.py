@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from actors.queue.model import IdGenerator, NewMessage, Priority, check_message_id
-from actors.queue.store import LEASE_ONE_SQL, READY_SQL, SCHEMA_VERSION, QueueStore
+from actors.queue.store import LEASE_ONE_SQL, READY_SIZED_SQL, SCHEMA_VERSION, QueueStore
 from system.errors import ConfigError, TransientError
 
 T0 = 1_700_000_000.0
@@ -170,16 +170,18 @@ def test_delayed_message_is_not_leased_before_available_at(store, clock):
     assert ids_of(store.lease("alice", 10, "c", 30)) == ["later"]
 
 
-def test_lease_is_per_recipient_and_lease_any_spans_recipients(store, clock):
+def test_lease_is_per_recipient_and_lease_each_serves_several_in_one_call(store, clock):
     store.enqueue([msg("alice", id="a1", priority="low"), msg("bob", id="b1"),
-                   msg("carol", id="c1", priority="urgent"), msg("bob", id="b2")])
-    assert store.ready_recipients() == ["alice", "bob", "carol"]
-    assert ids_of(store.lease("bob", 10, "c", 30)) == ["b1", "b2"]
+                   msg("carol", id="c1", priority="urgent"), msg("bob", id="b2"),
+                   msg("carol", id="c2", delay_s=5)])
+    assert store.ready_counts() == {"alice": 1, "bob": 2, "carol": 2}  # delayed ones included
+    assert ids_of(store.lease("bob", 1, "c", 30)) == ["b1"]
     assert store.lease("nobody", 10, "c", 30) == []
     store.enqueue([msg("bob", id="b3", priority="high")])
-    assert ids_of(store.lease_any(2, "c", 30)) == ["c1", "b3"]
-    assert ids_of(store.lease_any(10, "c", 30)) == ["a1"]
-    assert store.ready_recipients() == []
+    got = store.lease_each([("carol", 5), ("bob", 1), ("alice", 0), ("nobody", 3)], "c", 30)
+    assert ids_of(got) == ["c1", "b3"]  # c2 is not due yet; each recipient in its own order
+    assert store.ready_counts() == {"alice": 1, "bob": 1, "carol": 1}
+    assert store.counted() == store.recount() and store.stats()["totals"]["leased"] == 3
 
 
 def test_expired_lease_becomes_ready_again_and_attempt_is_counted(store, clock):
@@ -229,7 +231,7 @@ def test_nack_backoff_timing_is_exact_and_capped(db, clock):
             clock.advance(0.001)
 
 
-def test_lease_stops_at_max_bytes_and_gives_the_rest_back_untouched(store):
+def test_lease_stops_at_max_bytes_and_leaves_the_rest_untouched(store):
     big = msgpack.packb("x" * 100_000)
     store.enqueue([NewMessage(recipient="alice", payload=big, id=f"b{i}") for i in range(5)])
     first = store.lease("alice", 10, "c", 30, max_bytes=250_000)
@@ -240,6 +242,12 @@ def test_lease_stops_at_max_bytes_and_gives_the_rest_back_untouched(store):
     assert ids_of(rest) == ["b3", "b4"] and [m.attempts for m in rest] == [1, 1]
     assert store.stats()["totals"]["leased"] == 5
     assert sorted(store.recount().items()) == sorted(store.counted().items())
+    # across recipients the budget is shared; "at least one" only for the very first message
+    store.enqueue([NewMessage(recipient=r, payload=big, id=f"{r}{i}") for r in ("x", "y")
+                   for i in range(2)])
+    both = store.lease_each([("x", 1), ("y", 5)], "c", 30, max_bytes=250_000)
+    assert ids_of(both) == ["x0", "y0"]
+    assert ids_of(store.lease_each([("x", 5), ("y", 5)], "c", 30, max_bytes=150_000)) == ["x1"]
 
 
 def test_backoff_stays_capped_for_any_attempt_count(store):
@@ -330,17 +338,17 @@ def test_stats_after_scripted_sequence(store, clock):
 def test_in_memory_counters_always_match_a_full_recount(store, clock, seed):
     rnd = random.Random(seed)
     for _ in range(150):
-        op = rnd.choice(["enq", "enq", "lease", "lease_any", "ack", "nack", "expire",
+        op = rnd.choice(["enq", "enq", "lease", "lease_each", "ack", "nack", "expire",
                          "requeue", "purge"])
         if op == "enq":
             store.enqueue([msg(rnd.choice("xyz"), id=f"m{rnd.randrange(60)}",
                                priority=rnd.choice(list(Priority)),
                                delay_s=rnd.choice([0, 0, 3])) for _ in range(rnd.randrange(6))])
-        elif op in ("lease", "lease_any"):
+        elif op in ("lease", "lease_each"):
             n = rnd.randrange(5)
-            got = (store.lease(rnd.choice("xyz"), n, "c", 5) if op == "lease"
-                   else store.lease_any(n, "c", 5))
-            assert len(got) <= n
+            got = (store.lease(rnd.choice("xyz"), n, "c", 5) if op == "lease" else
+                   store.lease_each([(r, n) for r in "zxy"], "c", 5, rnd.choice([None, 300])))
+            assert len(got) <= (n if op == "lease" else 3 * n)
         elif op in ("ack", "nack"):
             ids = [f"m{rnd.randrange(60)}" for _ in range(4)]
             store.ack(ids) if op == "ack" else store.nack(ids, "e", retry=rnd.random() < 0.7)
@@ -401,7 +409,7 @@ def test_lease_query_plan_is_a_bounded_range_on_the_partial_index(store):
         params = {"owner": "o", "exp": 1.0, "rcpt": "alice", "prio": 2, "now": 1.0, "lim": 100}
         return " | ".join(r[3] for r in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
 
-    one, many = plan(LEASE_ONE_SQL), plan(READY_SQL)  # READY_SQL: lease_any, per recipient
+    one, many = plan(LEASE_ONE_SQL), plan(READY_SIZED_SQL)  # a lease with a byte budget
     assert "INDEX ix_ready (recipient=? AND priority=? AND available_at<?)" in one
     assert "INDEX ix_ready (recipient=? AND priority=? AND available_at<?)" in many
     assert "SCAN messages" not in one + many and "TEMP B-TREE" not in one + many
@@ -424,8 +432,8 @@ def test_lease_with_many_delayed_rows_and_few_ready_does_not_walk_the_delayed_ta
 
     store._conn.set_progress_handler(tick, 100)
     started = time.perf_counter()
-    got = store.lease("alice", 100, "c", 30)
-    again = store.lease_any(100, "c", 30)
+    got = store.lease_each([("alice", 100)], "c", 30, max_bytes=1 << 20)  # sizes read first
+    again = store.lease("alice", 100, "c", 30)
     elapsed = time.perf_counter() - started
     ours = ticks[0]
     assert ids_of(got) == [f"r{i}" for i in range(5)] and again == []
@@ -493,7 +501,7 @@ def test_perf_sanity_10k_in_batches_of_500(db):
             store.enqueue([NewMessage(f"agent{j % 4}", payload) for j in range(500)])
         enqueued = time.perf_counter()
         n = 0
-        while leased := store.lease_any(500, "c", 30):
+        while leased := store.lease_each([(f"agent{j}", 125) for j in range(4)], "c", 30):
             n += store.ack([m.id for m in leased])
         done = time.perf_counter()
     assert n == 10_000

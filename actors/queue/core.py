@@ -11,7 +11,7 @@ rates, latency and health. No Thespian, no SQLite: the actor shell (``service.py
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -152,13 +152,12 @@ def id_list(body: dict) -> list[str]:
 
 # -- leases in flight ---------------------------------------------------------------------------
 class InFlight:
-    """Leases this incarnation handed out: id -> (owner, created_at, expires_at), and the
-    address (wire form) each owner's messages went to."""
+    """Leases this incarnation handed out: id -> (owner, created_at, expires_at, holder: the
+    address (wire form) the message went to)."""
 
     def __init__(self) -> None:
-        self.by_id: dict[str, tuple[str, float, float]] = {}
+        self.by_id: dict[str, tuple[str, float, float, str]] = {}
         self.count: Counter[str] = Counter()
-        self.holders: dict[str, str] = {}
 
     def add(self, owner: str, msgs: Sequence[Message], holder: str) -> None:
         by_id = self.by_id
@@ -166,32 +165,36 @@ class InFlight:
             old = by_id.get(m.id)
             if old is not None:
                 self._less(old[0])
-            by_id[m.id] = (owner, m.created_at, m.lease_expires_at or 0.0)
+            by_id[m.id] = (owner, m.created_at, m.lease_expires_at or 0.0, holder)
         if msgs:
             self.count[owner] += len(msgs)
-            self.holders[owner] = holder
 
-    def _less(self, owner: str, n: int = 1) -> None:
+    def _less(self, owner: str) -> None:
         """One fewer lease for ``owner``; an owner with none left is forgotten (pull owners
         come and go with client addresses: over months they would pile up)."""
-        if (left := self.count[owner] - n) > 0:
+        if (left := self.count[owner] - 1) > 0:
             self.count[owner] = left
         else:
             self.count.pop(owner, None)
-            self.holders.pop(owner, None)
 
-    def owners(self, ids: Iterable[str]) -> dict[str | None, list[str]]:
-        """ids grouped by the owner that holds them (None: not leased by this incarnation)."""
+    def held_by(self, ids: Iterable[str], holder: str, owner: str | None
+                ) -> tuple[dict[str | None, list[str]], list[str]]:
+        """({owner: ids} of the ids the sender may settle, the ids it may not): those it was
+        sent (``holder``), leased under the ``owner`` it names, or not leased by this
+        incarnation (owner None: leased before a restart, or not at all); not those now
+        leased to someone else."""
         out: dict[str | None, list[str]] = {}
+        others: list[str] = []
         get = self.by_id.get
         for mid in ids:
             lease = get(mid)
-            owner = lease[0] if lease else None
-            if (group := out.get(owner)) is None:
-                out[owner] = [mid]
+            if lease is None:
+                out.setdefault(None, []).append(mid)
+            elif lease[3] == holder or lease[0] == owner:
+                out.setdefault(lease[0], []).append(mid)
             else:
-                group.append(mid)
-        return out
+                others.append(mid)
+        return out, others
 
     def pop(self, ids: Iterable[str]) -> list[float]:
         """Forget ids; returns the created_at of those known (for latency)."""
@@ -229,6 +232,7 @@ class Subscription:
     visibility_s: float
     idle_expiries: int = 0    # lease expiries since the last ack: a gone subscriber
     consumer: str | None = None  # the consumer's name (stable across its restarts)
+    turn: int = 0             # rounds over several recipients (a topic): who goes first
 
     @property
     def owner(self) -> str:
@@ -319,31 +323,26 @@ class Subscriptions:
         return subs[self._turn:] + subs[:self._turn]
 
 
-def lease_fairly(recipients: Sequence[str], limit: int, turn: int,
-                 take: Callable[[str, int], list]) -> list:
-    """Up to ``limit`` messages over several recipients, ``take(recipient, n)`` leasing up to
-    n of one: the list rotated by ``turn`` (call with a counter: who goes first changes every
-    round), each recipient first limited to an equal share, then those that filled their
-    share topping up the rest. One busy recipient cannot starve the others."""
-    if not recipients or limit <= 0:
+def allocate(ready: Mapping[str, int], limit: int, turn: int) -> list[tuple[str, int]]:
+    """(recipient, how many to lease) for one round over several recipients with ``ready``
+    messages each: shares as equal as their counts allow (water-filling), the first ones in
+    the list rotated by ``turn`` getting the odd ones (pass a counter that grows by one each
+    round: who goes first changes). One busy recipient cannot starve the others."""
+    names = [r for r, n in ready.items() if n > 0]
+    if not names or limit <= 0:
         return []
-    k = turn % len(recipients)
-    order = [*recipients[k:], *recipients[:k]]
-    share = -(-limit // len(order))
-    msgs: list = []
-    full = []
-    for rcpt in order:
-        got = take(rcpt, min(share, limit - len(msgs)))
-        msgs += got
-        if len(got) >= share:
-            full.append(rcpt)
-        if len(msgs) >= limit:
-            return msgs
-    for rcpt in full:
-        msgs += take(rcpt, limit - len(msgs))
-        if len(msgs) >= limit:
-            break
-    return msgs
+    k = turn % len(names)
+    order = [*names[k:], *names[:k]]
+    got = dict.fromkeys(order, 0)
+    left, active = limit, order
+    while left > 0 and active:
+        share = -(-left // len(active))
+        for rcpt in active:
+            n = min(share, ready[rcpt] - got[rcpt], left)
+            got[rcpt] += n
+            left -= n
+        active = [r for r in active if got[r] < ready[r]]
+    return [(r, n) for r, n in got.items() if n]
 
 
 # -- routing ---------------------------------------------------------------------------------------

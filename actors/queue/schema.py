@@ -5,7 +5,7 @@ fresh rows (:class:`FreshRows`), rows -> messages, and :class:`Transaction`.
 Indexes (all partial, so each state's queries only touch the rows they need):
 
 * ``ix_ready``  (recipient, priority, available_at[, rowid]) WHERE state = 0 -> ``lease`` (one range
-  per recipient and priority), ``lease_any`` and ``next_available_at`` (the store knows which
+  per recipient and priority), a lease's byte budget and ``next_available_at`` (the store knows which
   (recipient, priority) pairs have ready rows from its in-memory counters)
 * ``ix_leased`` (lease_expires_at)                       WHERE state = 1 -> ``expire_leases``
 * ``ix_dead``   (dead_at, id)                            WHERE state = 2 -> ``dead_letters``
@@ -34,6 +34,7 @@ import msgpack
 
 from actors.queue.model import (
     PRIORITY_LABELS,
+    WIRE_OVERHEAD,
     Message,
     NewMessage,
     State,
@@ -83,20 +84,20 @@ OWNER = "(:owner IS NULL OR lease_owner = :owner)"
 # time makes "available_at <= :now" a range bound of the index, EXPLAIN QUERY PLAN:
 #   SEARCH messages USING INDEX ix_ready (recipient=? AND priority=? AND available_at<?)
 # The index holds the rowid: rows are updated by rowid, not looked up again by id.
-READY_SQL = ("SELECT rowid, available_at, id FROM messages WHERE state = 0 AND recipient = :rcpt "
-             "AND priority = :prio AND available_at <= :now ORDER BY available_at, rowid "
-             "LIMIT :lim")
+_READY = ("SELECT {} FROM messages WHERE state = 0 AND recipient = :rcpt AND priority = :prio "
+          "AND available_at <= :now ORDER BY available_at, rowid LIMIT :lim")
 # A lease returns only what changed or the caller needs to sort and count: the store has the
-# rest of a freshly enqueued row in memory, else reads it with ROWS_SQL (see QueueStore._lease).
+# rest of a freshly enqueued row in memory, else reads it with ROWS_SQL (QueueStore.lease_each).
 _LEASE = ("UPDATE messages SET state = 1, attempts = attempts + 1, lease_owner = :owner, "
           "lease_expires_at = :exp WHERE rowid IN ({}) "
           "RETURNING rowid, id, recipient, priority, available_at, attempts")
-LEASE_ONE_SQL = _LEASE.format(READY_SQL.replace("rowid, available_at, id", "rowid", 1))
-# lease_any: READY_SQL per (recipient, priority), merged in Python, then this by rowids.
+LEASE_ONE_SQL = _LEASE.format(_READY.format("rowid"))
+# A lease with a byte budget: the candidates' sizes as sent (model.wire_size) first, then the
+# rowids that fit.
+READY_SIZED_SQL = _READY.format(
+    f"rowid, length(payload) + ifnull(length(headers), 0) + length(CAST(id || recipient || "
+    f"sender || type AS BLOB)) + {WIRE_OVERHEAD}")
 LEASE_ROWIDS_SQL = _LEASE.format("SELECT value FROM json_each(:rowids)")
-# Give back leases taken in the same transaction (over a size budget): as if never leased.
-UNLEASE_SQL = ("UPDATE messages SET state = 0, attempts = attempts - 1, lease_owner = NULL, "
-               "lease_expires_at = NULL WHERE rowid IN (SELECT value FROM json_each(?))")
 ROWS_SQL = f"SELECT rowid, {COLS} FROM messages WHERE rowid IN (SELECT value FROM json_each(?))"
 INSERT_SQL = (
     "INSERT INTO messages (id, recipient, sender, type, priority, payload, headers, created_at,"
@@ -134,7 +135,7 @@ def pick_leased(rows: list[tuple], lease: Mapping[str, tuple[str, int, float]],
                 busy: set[str], now: float) -> list[tuple[tuple, str, float]]:
     """(row, owner, lease_expires_at) of the new ``rows`` that ``enqueue(..., lease)`` stores
     leased: per recipient in ``lease`` and not ``busy`` (has ready rows), the first ``limit``
-    rows available now in lease order (priority, then id: they share available_at)."""
+    rows available now in lease order (priority, then enqueue order: they share available_at)."""
     wanted: dict[str, list[tuple]] = {}
     for row in rows:
         if row[1] in lease and row[8] <= now and row[1] not in busy:

@@ -14,8 +14,8 @@ same transaction, stored already leased to it, and their ``queue.deliver`` right
 replies (nothing waits, nothing is read back); everything else runs on a short "pump" wake-up,
 scheduled only when a round has something to deliver.
 
-Consumers either pull (``queue.lease`` for one recipient, then ``queue.ack`` / ``queue.nack``
-by ids) or subscribe (``queue.subscribe`` with ``recipient`` or ``topic``, a glob over
+Consumers either pull (``queue.lease`` for a recipient or a topic, then ``queue.ack`` /
+``queue.nack`` by ids; only the holder of a lease settles it) or subscribe (``queue.subscribe`` with ``recipient`` or ``topic``, a glob over
 recipient names, and ``max_in_flight``): the queue pushes ``queue.deliver`` batches to the
 subscriber's address, never more than ``max_in_flight`` unacked, refills on each ack, and
 redelivers what is not acked within the lease (``visibility_s``, default ``lease_s``).
@@ -40,12 +40,13 @@ import datetime
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from actors.queue import core
 from actors.queue.inbox import InboxSink
-from actors.queue.model import QueueRepository, fitting, wire_size
+from actors.queue.model import QueueRepository, fitting
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import ConfigError, PermanentError, TransientError, classify
@@ -88,7 +89,7 @@ class QueueService(ServiceActor):
         self.storage_errors, self.last_storage_error = 0, ""
         self.writable, self.last_probe = True, 0.0
         self.flush_timer = self.pump_timer = False
-        self.turn = 0  # rotates who goes first when one round serves several recipients
+        self.inbox_turn = self.pull_turn = 0  # who goes first in a round over recipients
         self.last_producer, self.last_arrival = "", 0.0  # group commit: overlapping producers?
         self.last_purge = time.monotonic()
         self.inbox_cost_s = 0.001  # EWMA of one inbox file write
@@ -287,14 +288,9 @@ class QueueService(ServiceActor):
         if self.sink is not None and self._inbox_round():
             self._schedule_pump(ROUND_GAP_S)
 
-    def _next_turn(self) -> int:
-        self.turn += 1
-        return self.turn
-
-    def _matching(self, topic: str) -> list[str]:
-        """Recipients with ready messages that match a topic glob (inbox ones excepted)."""
-        return [r for r in self.store.ready_recipients()
-                if fnmatchcase(r, topic) and not self.route(r)]
+    def _ready(self, wanted: Callable[[str], bool]) -> dict[str, int]:
+        """Ready counts of the recipients ``wanted`` accepts."""
+        return {r: n for r, n in self.store.ready_counts().items() if wanted(r)}
 
     def _room(self, sub: core.Subscription) -> int:
         return min(sub.max_in_flight - self.inflight.count[sub.owner], sub.batch)
@@ -303,9 +299,13 @@ class QueueService(ServiceActor):
         room = self._room(sub)
         if room <= 0:
             return
-        recipients = [sub.recipient] if sub.recipient is not None else self._matching(sub.topic)
-        msgs = core.lease_fairly(recipients, room, self._next_turn(), lambda r, n: self._db(
-            self.store.lease, r, n, sub.owner, sub.visibility_s))
+        if sub.recipient is not None:
+            wants = [(sub.recipient, room)]
+        else:
+            sub.turn += 1
+            wants = core.allocate(self._ready(lambda r: sub.matches(r) and not self.route(r)),
+                                  room, sub.turn)
+        msgs = self._db(self.store.lease_each, wants, sub.owner, sub.visibility_s)
         if msgs:
             self._deliver(sub, msgs)
 
@@ -322,10 +322,13 @@ class QueueService(ServiceActor):
 
     def _inbox_round(self) -> bool:
         """Deliver one batch to inbox files; True if more may be ready now."""
-        agents = [r for r in self.store.ready_recipients() if self.route(r)]
+        agents = self._ready(self.route)
+        if not agents:
+            return False
         limit = max(16, min(self.batch_max, int(INBOX_BUDGET_S / self.inbox_cost_s)))
-        msgs = core.lease_fairly(agents, limit, self._next_turn(), lambda r, n: self._db(
-            self.store.lease, r, n, INBOX_OWNER, self.lease_s))
+        self.inbox_turn += 1
+        msgs = self._db(self.store.lease_each, core.allocate(agents, limit, self.inbox_turn),
+                        INBOX_OWNER, self.lease_s)
         if not msgs:
             return False
         t0 = time.perf_counter()
@@ -361,43 +364,39 @@ class QueueService(ServiceActor):
         vis = float(_arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS))
         key = protocol.address_to_wire(sender)
         owner = _arg(b, "owner", str, None) or "pull:" + key
-        spent = 0
-
-        def take(rcpt: str, n: int) -> list:  # the reply stops at REPLY_BYTES
-            nonlocal spent
-            if spent >= REPLY_BYTES:
-                return []
-            got = self._db(self.store.lease, rcpt, n, owner, vis, REPLY_BYTES - spent)
-            spent += sum(map(wire_size, got))
-            return got
-
-        msgs = core.lease_fairly([recipient] if recipient else self._matching(topic), limit,
-                                 self._next_turn(), take)
+        if recipient:
+            wants = [(recipient, limit)]
+        else:
+            self.pull_turn += 1
+            wants = core.allocate(self._ready(lambda r: fnmatchcase(r, topic)
+                                              and not self.route(r)), limit, self.pull_turn)
+        msgs = self._db(self.store.lease_each, wants, owner, vis, REPLY_BYTES)
         self.inflight.add(owner, msgs, key)
         self.reply(sender, env, protocol.OK, {"messages": [core.wire_message(m) for m in msgs]})
 
-    def _settle(self, env, sender, action) -> tuple[list, list[float], list[core.Subscription]]:
-        """Apply ack/nack to the ids the sender holds: sent to its address (pulled or pushed)
-        or leased under the ``owner`` it names. An id now leased to someone else (the sender's
-        lease expired and the message went to another consumer) is left alone: a late ack
-        must not delete a message another consumer is still working on. Ids this incarnation
-        did not lease (leased before a restart) go to the store with the named owner, else
-        with any."""
-        ids = core.id_list(env.b)
+    def _settle(self, env, sender, action) -> tuple[list, list[str], list[float],
+                                                  list[core.Subscription]]:
+        """Apply ack/nack to the ids the sender holds (:meth:`core.InFlight.held_by`): a late
+        ack must not delete a message another consumer is still working on. Ids this
+        incarnation did not lease (leased before a restart) go to the store with the named
+        owner, else with any. Returns (results, ids not held, created_at of the settled,
+        subscriptions with room again)."""
         hint = _arg(env.b, "owner", str, None)
-        key, holders = protocol.address_to_wire(sender), self.inflight.holders
+        groups, not_held = self.inflight.held_by(core.id_list(env.b),
+                                                 protocol.address_to_wire(sender), hint)
         subs, out, settled = [], [], []
-        for owner, group in self.inflight.owners(ids).items():
-            if owner is not None and owner != hint and holders.get(owner) != key:
-                continue
+        for owner, group in groups.items():
             out.append(self._db(action, group, owner if owner is not None else hint))
             settled += group
             if (sub := self.subs.by_owner(owner or "")) is not None:
                 sub.idle_expiries = 0
                 subs.append(sub)
-        return out, self.inflight.pop(settled), subs
+        return out, not_held, self.inflight.pop(settled), subs
 
-    def _settled(self, env, sender, body: dict, subs: list[core.Subscription]) -> None:
+    def _settled(self, env, sender, body: dict, not_held: list[str],
+                 subs: list[core.Subscription]) -> None:
+        if not_held:
+            body["not_held"] = not_held
         if not _arg(env.b, "quiet", bool, False):
             self.reply(sender, env, protocol.OK, body)
         self._refill(subs)
@@ -417,18 +416,18 @@ class QueueService(ServiceActor):
 
     @handles(protocol.QUEUE_ACK)
     def _ack(self, env, sender) -> None:
-        out, created, subs = self._settle(env, sender, self.store.ack)
+        out, not_held, created, subs = self._settle(env, sender, self.store.ack)
         self.latency.add(time.time(), created)
-        self._settled(env, sender, {"acked": sum(out)}, subs)
+        self._settled(env, sender, {"acked": sum(out)}, not_held, subs)
 
     @handles(protocol.QUEUE_NACK)
     def _nack(self, env, sender) -> None:
         error = _arg(env.b, "error", str, "nacked")[:1000]
         retry = _arg(env.b, "retry", bool, True)
-        out, _, subs = self._settle(
+        out, not_held, _, subs = self._settle(
             env, sender, lambda ids, owner: self.store.nack(ids, error, owner, retry=retry))
         self._settled(env, sender, {"retried": [i for r in out for i in r.retried],
-                                    "dead": [i for r in out for i in r.dead]}, subs)
+                                    "dead": [i for r in out for i in r.dead]}, not_held, subs)
 
     @handles(protocol.QUEUE_SUBSCRIBE)
     def _subscribe(self, env, sender) -> None:
@@ -448,7 +447,10 @@ class QueueService(ServiceActor):
                                             topic, limit, min(batch, self.batch_max), float(vis),
                                             consumer)
         for old in replaced:  # that consumer restarted: what its old self held goes out again
-            released = self._db(self.store.release_leases, old.owner)
+            try:
+                released = self._db(self.store.release_leases, old.owner)
+            except _STORAGE_ERRORS:
+                released = "none of its"  # they expire instead; the subscribe still succeeds
             self.log("info", "subscriber_replaced", f"{consumer} subscribed again from a new "
                      f"address: dropped subscription {old.id}, released {released} leases")
         self.reply(sender, env, protocol.OK, {"sub": sub.id, "incarnation": self.incarnation,

@@ -52,12 +52,11 @@ from actors.queue.model import (
     NewMessage,
     Priority,
     State,
-    fitting,
 )
 from actors.queue.schema import (
     LEASE_ONE_SQL,
     LEASE_ROWIDS_SQL,
-    READY_SQL,
+    READY_SIZED_SQL,
     SCHEMA_VERSION,
     FreshRows,
     Transaction,
@@ -65,7 +64,7 @@ from actors.queue.schema import (
 )
 from system.errors import ConfigError, TransientError
 
-__all__ = ["LEASE_ONE_SQL", "READY_SQL", "SCHEMA_VERSION", "QueueStore"]
+__all__ = ["LEASE_ONE_SQL", "READY_SIZED_SQL", "SCHEMA_VERSION", "QueueStore"]
 
 READY, LEASED, DEAD = State.READY, State.LEASED, State.DEAD
 _PURGE_STATES = {"ready": (READY,), "leased": (LEASED,), "dead": (DEAD,),
@@ -209,45 +208,44 @@ class QueueStore:
     def lease(self, recipient: str, limit: int, owner: str, visibility_s: float,
               max_bytes: int | None = None) -> list[Leased]:
         """Lease up to ``limit`` ready messages of ``recipient`` available now, ordered by
-        (priority, available_at, enqueue order), and no more than ``max_bytes`` of them as sent
-        (:func:`model.wire_size`; at least one); each lease counts one attempt."""
-        return self._lease(recipient, limit, owner, visibility_s, max_bytes)
+        (priority, available_at, enqueue order); each lease counts one attempt. See
+        :meth:`lease_each` for ``max_bytes``."""
+        return self.lease_each([(recipient, limit)], owner, visibility_s, max_bytes)
 
-    def lease_any(self, limit: int, owner: str, visibility_s: float,
-                  max_bytes: int | None = None) -> list[Leased]:
-        """Like :meth:`lease` across all recipients (same order)."""
-        return self._lease(None, limit, owner, visibility_s, max_bytes)
-
-    def _lease(self, recipient: str | None, limit: int, owner: str,
-               visibility_s: float, max_bytes: int | None) -> list[Leased]:
-        pairs = sorted((prio, rcpt) for (state, rcpt, prio), n in self._depth.items()
-                       if state == READY and n > 0 and recipient in (None, rcpt))
-        if limit <= 0 or not pairs:
-            return []
+    def lease_each(self, wants: Sequence[tuple[str, int]], owner: str, visibility_s: float,
+                   max_bytes: int | None = None) -> list[Leased]:
+        """Up to n messages of each (recipient, n), in that order, in ONE transaction. With
+        ``max_bytes``, no more than that many bytes as sent (:func:`model.wire_size`): the
+        sizes are read before anything is leased, and leasing stops at the first message that
+        does not fit, except a first message, which comes alone however large."""
         now = self._clock()
         rows: list[tuple] = []  # rowid, id, recipient, priority, available_at, attempts
         params = {"owner": owner, "exp": now + visibility_s, "now": now}
+        budget = max_bytes
         conn = self._conn
         with self._tx() as tx:
-            for prio in sorted({p for p, _ in pairs}):
-                if len(rows) >= limit:
-                    break
-                params.update(prio=prio, lim=limit - len(rows))
-                if recipient is not None:
-                    got = conn.execute(LEASE_ONE_SQL, {**params, "rcpt": recipient}).fetchall()
-                else:  # the first of each recipient's range, merged
-                    found = [c for p, rcpt in pairs if p == prio
-                             for c in conn.execute(READY_SQL, {**params, "rcpt": rcpt})]
-                    found.sort(key=itemgetter(1, 0))  # available_at, rowid
-                    rowids = json.dumps([c[0] for c in found[:limit - len(rows)]])
-                    got = conn.execute(LEASE_ROWIDS_SQL, {**params, "rowids": rowids}
-                                       ).fetchall() if found else []
-                got.sort(key=_LEASE_ORDER)
-                rows += got
+            for recipient, n in wants:
+                want = len(rows) + n
+                for prio in sorted(p for (state, rcpt, p), c in self._depth.items()
+                                   if state == READY and c > 0 and rcpt == recipient):
+                    if len(rows) >= want or budget is not None and budget <= 0:
+                        break
+                    params.update(rcpt=recipient, prio=prio, lim=want - len(rows))
+                    if budget is None:
+                        got = conn.execute(LEASE_ONE_SQL, params).fetchall()
+                    else:
+                        pick = []
+                        for rowid, size in conn.execute(READY_SIZED_SQL, params):
+                            if size > budget and (rows or pick):
+                                budget = 0
+                                break
+                            pick.append(rowid)
+                            budget -= size
+                        got = conn.execute(LEASE_ROWIDS_SQL, {
+                            **params, "rowids": json.dumps(pick)}).fetchall() if pick else []
+                    got.sort(key=_LEASE_ORDER)
+                    rows += got
             out = schema.leased_messages(conn, self._fresh, rows, owner, params["exp"])
-            if max_bytes is not None and (n := fitting(out, max_bytes)) < len(out):
-                conn.execute(schema.UNLEASE_SQL, (json.dumps([r[0] for r in rows[n:]]),))
-                rows, out = rows[:n], out[:n]
             tx.move(rows, READY, LEASED, _RCPT_PRIO_OF_LEASED)
             tx.totals["leased"] = len(out)
         return out
@@ -400,9 +398,13 @@ class QueueStore:
         return schema.row_to_message(row) if row else None
 
     # -- introspection ------------------------------------------------------------------
-    def ready_recipients(self) -> list[str]:
-        """Recipients with ready messages (possibly only delayed ones), sorted."""
-        return sorted(self._busy())
+    def ready_counts(self) -> dict[str, int]:
+        """Ready messages per recipient (delayed ones included), by recipient name."""
+        counts: Counter[str] = Counter()
+        for (state, rcpt, _), n in self._depth.items():
+            if state == READY and n > 0:
+                counts[rcpt] += n
+        return dict(sorted(counts.items()))
 
     def _busy(self) -> set[str]:
         return {r for (s, r, _), n in self._depth.items() if s == READY and n > 0}

@@ -178,10 +178,11 @@ def test_lease_is_per_recipient_and_lease_each_serves_several_in_one_call(store,
     assert ids_of(store.lease("bob", 1, "c", 30)) == ["b1"]
     assert store.lease("nobody", 10, "c", 30) == []
     store.enqueue([msg("bob", id="b3", priority="high")])
-    got = store.lease_each([("carol", 5), ("bob", 1), ("alice", 0), ("nobody", 3)], "c", 30)
-    assert ids_of(got) == ["c1", "b3"]  # c2 is not due yet; each recipient in its own order
-    assert store.ready_counts() == {"alice": 1, "bob": 1, "carol": 1}
-    assert store.counted() == store.recount() and store.stats()["totals"]["leased"] == 3
+    got = store.lease_each([("carol", 2), ("bob", 1), ("alice", 0), ("nobody", 3)], "c", 30)
+    # c2 is not due yet: carol's unused share goes to bob; each recipient in its own order
+    assert ids_of(got) == ["c1", "b3", "b2"]
+    assert store.ready_counts() == {"alice": 1, "carol": 1}
+    assert store.counted() == store.recount() and store.stats()["totals"]["leased"] == 4
 
 
 def test_expired_lease_becomes_ready_again_and_attempt_is_counted(store, clock):

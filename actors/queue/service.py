@@ -15,8 +15,9 @@ replies (nothing waits, nothing is read back); everything else runs on a short "
 scheduled only when a round has something to deliver.
 
 Consumers either pull (``queue.lease`` for a recipient or a topic, then ``queue.ack`` /
-``queue.nack`` by ids; only the holder of a lease settles it) or subscribe (``queue.subscribe`` with ``recipient`` or ``topic``, a glob over
-recipient names, and ``max_in_flight``): the queue pushes ``queue.deliver`` batches to the
+``queue.nack`` by ids; only the holder of a lease settles it) or subscribe
+(``queue.subscribe`` with ``recipient`` or ``topic``, a glob over recipient names, and
+``max_in_flight``): the queue pushes ``queue.deliver`` batches to the
 subscriber's address, never more than ``max_in_flight`` unacked, refills on each ack, and
 redelivers what is not acked within the lease (``visibility_s``, default ``lease_s``).
 Competing subscribers of one recipient are served round-robin.

@@ -214,18 +214,20 @@ class QueueStore:
 
     def lease_each(self, wants: Sequence[tuple[str, int]], owner: str, visibility_s: float,
                    max_bytes: int | None = None) -> list[Leased]:
-        """Up to n messages of each (recipient, n), in that order, in ONE transaction. With
-        ``max_bytes``, no more than that many bytes as sent (:func:`model.wire_size`): the
-        sizes are read before anything is leased, and leasing stops at the first message that
-        does not fit, except a first message, which comes alone however large."""
+        """Up to n messages of each (recipient, n), in that order, in ONE transaction; what one
+        recipient cannot fill (fewer due now) goes to the next ones. With ``max_bytes``, no
+        more than that many bytes as sent (:func:`model.wire_size`): the sizes are read before
+        anything is leased, and leasing stops at the first message that does not fit, except
+        a first message, which comes alone however large."""
         now = self._clock()
         rows: list[tuple] = []  # rowid, id, recipient, priority, available_at, attempts
         params = {"owner": owner, "exp": now + visibility_s, "now": now}
         budget = max_bytes
+        want = 0
         conn = self._conn
         with self._tx() as tx:
             for recipient, n in wants:
-                want = len(rows) + n
+                want += n
                 for prio in sorted(p for (state, rcpt, p), c in self._depth.items()
                                    if state == READY and c > 0 and rcpt == recipient):
                     if len(rows) >= want or budget is not None and budget <= 0:

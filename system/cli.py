@@ -223,7 +223,7 @@ def cmd_queue(args) -> int:
     cfg = _config(args)
     op, body = args.queue_command, {}
     if op == "dlq":
-        body = {"limit": args.limit}
+        body = {"limit": args.limit, "offset": args.offset}
     elif op == "requeue":
         if bool(args.ids) == bool(args.all):
             return _fail("requeue needs message ids or --all (not both)")
@@ -234,7 +234,7 @@ def cmd_queue(args) -> int:
     if op == "stats":
         _emit(args, reply, qc.print_stats)
     elif op == "dlq":
-        reply["messages"] = qc.decode_payloads(reply["messages"])
+        reply["messages"], reply["offset"] = qc.decode_payloads(reply["messages"]), args.offset
         _emit(args, reply, qc.print_dlq)
     elif op == "requeue":
         _emit(args, reply, lambda r: print(f"requeued {r['requeued']}"))
@@ -391,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
         return action
 
     queue_action("stats", "depth, rates, latency, in-flight per consumer, health")
-    queue_action("dlq", "list dead letters, oldest first").add_argument(
-        "--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p = queue_action("dlq", "list dead letters, oldest first")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     p = queue_action("requeue", "make dead letters ready again (attempts reset)")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every dead letter")

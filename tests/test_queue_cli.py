@@ -141,13 +141,19 @@ def test_dlq_requeue_and_purge(cs):
     dlq = json.loads(cs.cli("queue", "dlq", "--json").stdout)
     dead = next(m for m in dlq["messages"] if m["id"] == "dead-1")
     assert dead["payload"] == {"text": "nobody home"} and "unknown agent" in dead["last_error"]
+    cs.cli("send", "Agent-404", "second", "--id", "dead-2")
+    wait(lambda: "dead-2" in cs.cli("queue", "dlq").stdout)
+    first = cs.cli("queue", "dlq", "--limit", "1").stdout
+    assert "dead-1" in first and "dead-2" not in first and "more: --offset 1" in first
+    second = cs.cli("queue", "dlq", "--limit", "1", "--offset", "1").stdout
+    assert "dead-2" in second and "dead-1" not in second and "more:" not in second
     out = cs.cli("queue", "requeue", "--all").stdout.strip()
     assert out.startswith("requeued ") and int(out.split()[1]) >= 1
     wait(lambda: "dead-1" in cs.cli("queue", "dlq").stdout)  # unknown agent: dead again
     one_line_error(cs.cli("queue", "requeue", "dead-1", "no-such-id", check=False),
                    "not dead letters: no-such-id")
     one_line_error(cs.cli("queue", "requeue", check=False), "ids or --all")
-    assert cs.cli("queue", "purge").stdout.strip() == "purged 1 dead messages"
+    assert cs.cli("queue", "purge").stdout.strip() == "purged 2 dead messages"
     assert cs.cli("queue", "dlq").stdout.strip() == "no dead letters"
     cs.cli("send", "purge-me", "a")
     cs.cli("send", "purge-me", "b")

@@ -157,5 +157,6 @@ def print_dlq(reply: dict) -> None:
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("dead_at") or 0))
         print(f"{m['id']:<28} {m['recipient']:<16} {m['attempts']:>5}  {died:<19}  "
               f"{(m.get('last_error') or '')[:80]}")
-    if reply.get("total", len(msgs)) > len(msgs):
-        print(f"({len(msgs)} of {reply['total']} shown)")
+    offset, total = reply.get("offset", 0), reply.get("total", len(msgs))
+    if total > offset + len(msgs):
+        print(f"({len(msgs)} of {total} shown from {offset}; more: --offset {offset + len(msgs)})")

@@ -59,6 +59,22 @@ def _msg(mid: str, expires: float, created: float = 100.0) -> Message:
                    lease_owner="o", lease_expires_at=expires)
 
 
+def test_a_group_is_complete_once_every_active_producer_is_in():
+    g = core.GroupCommit(max_payload=100, active_s=0.02)
+    item = {"recipient": "a", "payload": b"\xa1x"}
+    g.add("A", "e", [item], "A", now=0.0)
+    assert g.complete(0.0)  # a lone producer never waits
+    g.take()
+    g.add("B", "e", [item], "B", now=0.001)
+    assert not g.complete(0.001)  # A sent 1 ms ago: its next request is coming
+    g.add("A", "e", [item], "A", now=0.002)
+    assert g.complete(0.002)
+    items, _ = g.take()
+    assert len(items) == 2 and g.seq == 2
+    g.add("B", "e", [item], "B", now=0.05)  # A has been quiet for longer than active_s
+    assert g.complete(0.05) and set(g.seen) == {"B"}
+
+
 def test_in_flight_tracks_owners_holders_expiry_and_latency_sources():
     f = core.InFlight()
     f.add("sub:a", [_msg("1", 10), _msg("2", 20)], "tcp:a")

@@ -58,6 +58,7 @@ class _Request:
     sender: Any
     env: Any
     size: int
+    producer: str = ""
     rejected: list[tuple[int, str]] = field(default_factory=list)
     slots: list[tuple[int, int]] = field(default_factory=list)  # (index in request, in batch)
 
@@ -65,14 +66,24 @@ class _Request:
 class GroupCommit:
     """Enqueue requests waiting for one shared transaction, and the split of its result.
 
-    ``add`` validates and returns the number of items pending; ``take`` hands the batch to
-    commit; ``split`` turns the store's result into one reply body per request.
+    ``add`` validates and returns the number of items pending; ``complete`` says whether the
+    group can go now; ``take`` hands the batch to commit; ``split`` turns the store's result
+    into one reply body per request.
+
+    When to commit: a producer sends its next request only after the reply to this one. So a
+    group is complete once every producer active in the last ``active_s`` (they will send
+    again soon) has a request in it: nobody else is about to join, and waiting longer would
+    only delay everyone. A lone producer is always complete (committed at once); producers
+    that went quiet hold a group back only until the window timer of the caller fires.
     """
 
-    def __init__(self, max_payload: int):
+    def __init__(self, max_payload: int, active_s: float = 0.02):
         self.max_payload = max_payload
+        self.active_s = active_s
         self.requests: list[_Request] = []
         self.items: list[dict] = []
+        self.seen: dict[str, float] = {}  # producer -> time of its last request
+        self.seq = 0  # which group is pending: one more at each take()
         self.commits = 0
         self.committed_items = 0
         self.largest = 0
@@ -80,8 +91,20 @@ class GroupCommit:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, sender: Any, env: Any, items: Sequence[Any]) -> int:
-        req = _Request(sender, env, len(items))
+    def complete(self, now: float) -> bool:
+        """Has every recently active producer a request in this group? (Forgets the others.)"""
+        pending = {r.producer for r in self.requests}
+        for producer, at in list(self.seen.items()):
+            if now - at > self.active_s:
+                del self.seen[producer]
+            elif producer not in pending:
+                return False
+        return True
+
+    def add(self, sender: Any, env: Any, items: Sequence[Any], producer: str = "",
+            now: float = 0.0) -> int:
+        self.seen[producer] = now
+        req = _Request(sender, env, len(items), producer)
         for i, item in enumerate(items):
             norm, reason = normalize(item, self.max_payload)
             if norm is None:
@@ -95,6 +118,7 @@ class GroupCommit:
     def take(self) -> tuple[list[dict], list[_Request]]:
         items, requests = self.items, self.requests
         self.items, self.requests = [], []
+        self.seq += 1
         return items, requests
 
     def split(self, result: EnqueueResult, requests: list[_Request]) -> list[tuple[Any, Any, dict]]:

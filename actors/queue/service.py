@@ -3,12 +3,12 @@
 bookkeeping in :mod:`actors.queue.core`).
 
 Producers send ``queue.enqueue`` (a batch of items); each is answered only after its commit
-(``ok``: accepted, duplicates, rejected [[index, reason]], ids). Group commit: once requests of
-different producers overlap (one arrives within ``group_commit_ms`` of another's), requests
-are collected for one window (one timer, not one per message) or until ``batch_max`` items are
-pending, and committed in ONE transaction. A lone producer is committed at once: waiting could
-not group anything (it sends its next request only after this reply), and the window would
-cap it at ~200 requests/s. ``group_commit_ms: 0`` commits every request at once. Delivery:
+(``ok``: accepted, duplicates, rejected [[index, reason]], ids). Group commit
+(:class:`core.GroupCommit`): requests are collected until every producer active in the last
+moments has one in the group (each waits for its reply before sending again, so nobody else
+is about to join), ``batch_max`` items are pending, or ``group_commit_ms`` has passed since
+the group's first request; then they are committed in ONE transaction. A lone producer is
+committed at once. ``group_commit_ms: 0`` commits every request at once. Delivery:
 a subscriber with room for a recipient that has nothing ready gets the new messages in the
 same transaction, stored already leased to it, and their ``queue.deliver`` right after the
 replies (nothing waits, nothing is read back); everything else runs on a short "pump" wake-up,
@@ -89,9 +89,9 @@ class QueueService(ServiceActor):
         self.latency = core.LatencyWindow()
         self.storage_errors, self.last_storage_error = 0, ""
         self.writable, self.last_probe = True, 0.0
-        self.flush_timer = self.pump_timer = False
+        self.pump_timer = False
+        self.flush_timer = -1  # the group (GroupCommit.seq) whose window timer is running
         self.inbox_turn = self.pull_turn = 0  # who goes first in a round over recipients
-        self.last_producer, self.last_arrival = "", 0.0  # group commit: overlapping producers?
         self.last_purge = time.monotonic()
         self.inbox_cost_s = 0.001  # EWMA of one inbox file write
         self.inbox_done = self.inbox_failed = 0
@@ -109,7 +109,8 @@ class QueueService(ServiceActor):
         self.probe_every_s = float(cfg.get("write_probe_s", 10))
         self.fail_after = int(cfg.get("storage_errors_failing", 3))
         self.idle_expiries_max = int(cfg.get("subscriber_idle_expiries", 3))
-        self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)))
+        self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)),
+                                      active_s=max(0.02, 10 * self.group_commit_s))
         retry_base = float(cfg.get("retry_base_s", 1.0))
         self.tick_s = min(1.0, max(0.05, min(self.lease_s, retry_base) / 2))
         data_dir = Path(self.config.get("system", {}).get("data_dir", "."))
@@ -182,9 +183,9 @@ class QueueService(ServiceActor):
 
     # -- timers -----------------------------------------------------------------------------
     def on_wakeup(self, payload) -> None:
-        if payload == "flush":
-            self.flush_timer = False
-            self._flush()
+        if isinstance(payload, tuple) and payload[0] == "flush":
+            if payload[1] == self.group.seq:  # else that group went already: not this one
+                self._flush()
         elif payload == "pump":
             self.pump_timer = False
             try:
@@ -242,16 +243,13 @@ class QueueService(ServiceActor):
         items = env.b["items"]
         if len(items) > core.MAX_ITEMS_PER_REQUEST:
             raise PermanentError(f"more than {core.MAX_ITEMS_PER_REQUEST} items in one request")
-        pending = self.group.add(sender, env, items)
-        now, producer = time.monotonic(), protocol.address_to_wire(sender)
-        overlap = producer != self.last_producer and now - self.last_arrival < self.group_commit_s
-        self.last_producer, self.last_arrival = producer, now
-        if self.group_commit_s <= 0 or pending >= self.batch_max or not (
-                overlap or self.flush_timer):
-            self._flush()  # alone (nobody to wait for), full, or group commit off
-        elif not self.flush_timer:
-            self.flush_timer = True
-            self.wakeupAfter(_after(self.group_commit_s), payload="flush")
+        now = time.monotonic()
+        pending = self.group.add(sender, env, items, protocol.address_to_wire(sender), now)
+        if self.group_commit_s <= 0 or pending >= self.batch_max or self.group.complete(now):
+            self._flush()  # group commit off, full, or every active producer is in
+        elif self.flush_timer != self.group.seq:  # the window of this group starts
+            self.flush_timer = self.group.seq
+            self.wakeupAfter(_after(self.group_commit_s), payload=("flush", self.group.seq))
 
     def _flush(self) -> None:
         items, requests = self.group.take()

@@ -22,6 +22,14 @@ loss or an OS crash (``FULL`` would fsync every commit).
    one transaction each, B=500) and QueueStore alone (enqueue / lease / ack, no actors).
 5. backlog: the QueueStore loop of 4 with BACKLOG rows already stored (half ready rows of another
    recipient, half rows of the same recipient delayed by a day) vs an empty table, alternated.
+6. concurrent producers and group commit: P=4 plain Thespian actors (``bench.queue:Asker``)
+   each enqueue one message at a time (the next after the reply), concurrently, vs the same
+   actors asking the echo actor. One swarm per setting: ``synchronous`` NORMAL (the default; no
+   group commit), FULL with ``group_commit_ms`` 2 (default) and FULL with 0 (off) ->
+   ``concurrent_{normal,full,full_no_group}_msgs_per_s``, requests per commit and
+   ``..._ratio_vs_raw_ask`` (median paired ratio to the echo in the same swarm: the swarms run
+   one after the other, so compare these ratios, not the rates);
+   ``concurrent_full_group_gain`` = FULL grouped ratio / FULL ungrouped ratio.
 
     python -m bench.queue [--json] [--quick]      (from the repository root, as a module)
 """
@@ -49,9 +57,10 @@ PAYLOAD = msgpack.packb({"text": "x" * 192})  # 200 bytes
 TEXT = "x" * 200                                # litequeue stores TEXT
 B, WINDOW, MAX_IN_FLIGHT, ROUND, REPS, RCPT, TIMEOUT_S = 500, 4, 5_000, 100, 3, "bench", 120.0
 SIZES = {False: {"n": 100_000, "asks": 3_000, "lib": 20_000, "store": 100_000,
-                 "backlog": 1_000_000, "loop": 50_000},
+                 "backlog": 1_000_000, "loop": 50_000, "concurrent": 300},
          True: {"n": 20_000, "asks": 1_000, "lib": 5_000, "store": 20_000,
-                "backlog": 200_000, "loop": 10_000}}
+                "backlog": 200_000, "loop": 10_000, "concurrent": 100}}
+PRODUCERS = 4
 TARGETS = {"batched_msgs_per_s": 20_000, "batched_vs_persist_queue": 25,
            "batched_vs_persist_queue_default": 25, "unbatched_ratio_vs_raw_ask": 0.8,
            "backlog_1m_ratio": 0.7}
@@ -64,6 +73,24 @@ class Echo(Actor):
     def receiveMessage(self, message, sender):
         if isinstance(message, bytes):
             self.send(sender, message)
+
+
+class Asker(Actor):
+    """``("run", target, n, data)``: send ``data`` to ``target`` n times, each after the reply
+    to the previous one; then answers ``("done", seconds)``. The same driver for the queue and
+    the echo actor (any bytes reply counts)."""
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, tuple) and message[0] == "run":
+            _, self.target, self.left, self.data = message
+            self.boss, self.t0 = sender, time.perf_counter()
+            self.send(self.target, self.data)
+        elif isinstance(message, bytes) and getattr(self, "left", 0) > 0:
+            self.left -= 1
+            if self.left:
+                self.send(self.target, self.data)
+            else:
+                self.send(self.boss, ("done", time.perf_counter() - self.t0))
 
 
 class Producer(ServiceActor):
@@ -243,6 +270,52 @@ def through_actors(size: dict) -> dict:
             "swarm_processes_left": len(swarm_processes(swarm.port))}
 
 
+def concurrent_once(sync: str, group_ms: int, asks: int) -> dict:
+    """P askers at once against the queue and against an echo actor, in paired rounds."""
+    with BenchSwarm({"services": {"queue": {"synchronous": sync, "group_commit_ms": group_ms}}}
+                    ) as swarm:
+        swarm.start()
+        asys = connect(swarm.config)
+        queue = protocol.address_from_wire(AdminClient(swarm.config).call(
+            protocol.ADMIN_LOOKUP, {"name": "queue"})["addr"])
+        echo = asys.createActor("bench.queue.Echo")
+        askers = [asys.createActor("bench.queue.Asker") for _ in range(PRODUCERS)]
+        data = protocol.QUEUE_ENQUEUE.encode({"items": [{"recipient": RCPT, "payload": PAYLOAD}]})
+
+        def rate(target, n: int) -> float:
+            t0 = time.perf_counter()
+            with asys.private() as ctx:
+                for asker in askers:
+                    ctx.tell(asker, ("run", target, n, data))
+                for _ in askers:
+                    if (ctx.listen(TIMEOUT_S) or (None,))[0] != "done":
+                        raise RuntimeError("an asker did not finish")
+            return PRODUCERS * n / (time.perf_counter() - t0)
+
+        rate(queue, 20), rate(echo, 20)  # warm-up
+        rounds = [(rate(queue, asks), rate(echo, asks)) for _ in range(REPS + 2)]
+        stats = protocol.decode(asys.ask(queue, protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
+    gc = stats["group_commit"]
+    return {"msgs_per_s": statistics.median(q for q, _ in rounds),
+            "raw_ask_per_s": statistics.median(e for _, e in rounds),
+            "ratio": statistics.median(q / e for q, e in rounds),
+            "per_commit": gc["items"] / max(gc["commits"], 1)}
+
+
+def concurrent(asks: int) -> dict:
+    out: dict = {"concurrent_producers": PRODUCERS}
+    for key, sync, group_ms in (("normal", "NORMAL", 2), ("full", "FULL", 2),
+                                ("full_no_group", "FULL", 0)):
+        got = concurrent_once(sync, group_ms, asks)
+        out[f"concurrent_{key}_msgs_per_s"] = got["msgs_per_s"]
+        out[f"concurrent_{key}_raw_ask_per_s"] = got["raw_ask_per_s"]
+        out[f"concurrent_{key}_ratio_vs_raw_ask"] = got["ratio"]
+        out[f"concurrent_{key}_requests_per_commit"] = got["per_commit"]
+    out["concurrent_full_group_gain"] = (out["concurrent_full_ratio_vs_raw_ask"]
+                                         / out["concurrent_full_no_group_ratio_vs_raw_ask"])
+    return out
+
+
 # -- 3, 4, 5: libraries, raw SQLite and the store, no actors -------------------------------
 def _drain_rates(n: int, put, take) -> tuple[float, float]:
     """(puts/s, takes/s): n puts, then n takes."""
@@ -334,7 +407,8 @@ def run(quick: bool) -> dict:
     r: dict = {"quick": quick, "payload_bytes": len(PAYLOAD), "batch": B, "synchronous": "NORMAL",
                "n_batched": size["n"], "n_unbatched_asks": size["asks"], "n_libraries": size["lib"],
                "n_store": size["store"], "backlog_rows": size["backlog"],
-               "n_backlog_loop": size["loop"], **through_actors(size)}
+               "n_backlog_loop": size["loop"], **through_actors(size),
+               **concurrent(size["concurrent"])}
     with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
         r.update(libraries(size["lib"], Path(tmp)))
         r["raw_sqlite_msgs_per_s"] = raw_sqlite(size["store"], Path(tmp))

@@ -207,7 +207,7 @@ def qs(tmp_path_factory):
         "agents": {"names": AGENTS},
         "services": {
             "queue": {"enabled": True, "retry_base_s": 0.2, "retry_max_s": 0.4,
-                      "max_attempts": 3, "group_commit_ms": 5},
+                      "max_attempts": 3, "group_commit_ms": 5, "synchronous": "FULL"},
             "worker": consumer("work", "ack", 20),
             "holder": consumer("held", "hold", 5),
             "expirer": consumer("flaky", "hold", 3, visibility_s=0.6),

@@ -4,11 +4,13 @@ bookkeeping in :mod:`actors.queue.core`).
 
 Producers send ``queue.enqueue`` (a batch of items); each is answered only after its commit
 (``ok``: accepted, duplicates, rejected [[index, reason]], ids). Group commit
-(:class:`core.GroupCommit`): requests are collected until every producer active in the last
-moments has one in the group (each waits for its reply before sending again, so nobody else
-is about to join), ``batch_max`` items are pending, or ``group_commit_ms`` has passed since
-the group's first request; then they are committed in ONE transaction. A lone producer is
-committed at once. ``group_commit_ms: 0`` commits every request at once. Delivery:
+(:class:`core.GroupCommit`), with ``synchronous`` FULL or EXTRA (one fsync per commit):
+requests are collected until every producer active in the last moments has one in the group
+(each waits for its reply before sending again, so nobody else is about to join),
+``batch_max`` items are pending, or ``group_commit_ms`` has passed since the group's first
+request; then they are committed in ONE transaction. A lone producer is committed at once.
+With NORMAL (no fsync per commit) or ``group_commit_ms: 0`` every request is committed at
+once. Delivery:
 a subscriber with room for a recipient that has nothing ready gets the new messages in the
 same transaction, stored already leased to it, and their ``queue.deliver`` right after the
 replies (nothing waits, nothing is read back); everything else runs on a short "pump" wake-up,
@@ -59,6 +61,9 @@ INBOX_BUDGET_S = 0.05     # target duration of one inbox round
 # sockets while a wakeup is already due, so chained 0 s wakeups starve every incoming message.
 ROUND_GAP_S = 0.002
 INBOX_OWNER = "inbox"
+# Group commit shares fsyncs: only these levels fsync every commit. Without one a WAL commit
+# (~0.1 ms) is cheaper than waiting for the other producers (~0.3 ms): bench/queue.py, part 6.
+GROUP_COMMIT_SYNC = ("FULL", "EXTRA")
 QUIET_BYTES_MIN = 2048    # envelopes above this size are sent as core.QuietBytes
 # Messages per delivery, lease or dlq reply stop at this many bytes: half of what a receiver
 # decodes (protocol.MAX_MESSAGE_BYTES), whatever batch sizes and payload sizes are configured.
@@ -101,7 +106,9 @@ class QueueService(ServiceActor):
         cfg = self.service_config()
         self.batch_max = int(cfg.get("batch_max", 500))
         self.lease_s = float(cfg.get("lease_s", 30.0))
-        self.group_commit_s = float(cfg.get("group_commit_ms", 2)) / 1000
+        sync = str(cfg.get("synchronous", "NORMAL"))
+        self.group_commit_s = float(cfg.get("group_commit_ms", 2)) / 1000 \
+            if sync.upper() in GROUP_COMMIT_SYNC else 0.0
         self.max_depth = int(cfg.get("max_depth_warn", 100_000))
         self.max_age_s = float(cfg.get("max_age_warn_s", 600))
         self.retention_s = float(cfg.get("acked_retention_s", 86_400))
@@ -118,7 +125,7 @@ class QueueService(ServiceActor):
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self.store = QueueStore(
-                self.db_path, synchronous=str(cfg.get("synchronous", "NORMAL")),
+                self.db_path, synchronous=sync,
                 default_max_attempts=int(cfg.get("max_attempts", 5)), backoff_base_s=retry_base,
                 backoff_max_s=float(cfg.get("retry_max_s", 300.0)))
         except (sqlite3.Error, OSError) as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from actors.queue import schema
 from actors.queue.model import IdGenerator, NewMessage, Priority, check_message_id
 from actors.queue.store import LEASE_ONE_SQL, READY_SIZED_SQL, SCHEMA_VERSION, QueueStore
 from system.errors import ConfigError, TransientError
@@ -361,6 +362,22 @@ def test_in_memory_counters_always_match_a_full_recount(store, clock, seed):
             store.purge(rnd.choice(["ready", "dead", "all"]), rnd.choice([None, "x"]))
         clock.advance(rnd.random() * 2)
         assert store.counted() == store.recount()
+
+
+def test_a_grown_wal_file_is_cut_back_once_it_can_be_reset(db, monkeypatch):
+    monkeypatch.setattr(schema, "WAL_SIZE_LIMIT", 1 << 20)
+    wal = Path(f"{db}-wal")
+    with QueueStore(db) as store:
+        reader = sqlite3.connect(db)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM messages").fetchone()  # holds the WAL back
+        for _ in range(8):
+            store.enqueue([NewMessage("alice", bytes(300_000))])
+        assert wal.stat().st_size > 2 << 20
+        reader.close()
+        store._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        store.enqueue([msg()])  # the next write resets the WAL and cuts it back
+        assert wal.stat().st_size <= 1 << 20
 
 
 def test_committed_batches_survive_close_and_reopen(db, clock):

@@ -45,6 +45,9 @@ from system.errors import ConfigError, TransientError
 
 SCHEMA_VERSION = 3
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# A WAL that grew (a burst, a long reader holding the checkpoint back) is cut back to this size
+# when it is next reset; by default SQLite keeps it at its largest size on disk forever.
+WAL_SIZE_LIMIT = 64 << 20
 
 READY_INDEX = ("CREATE INDEX ix_ready ON messages(recipient, priority, available_at) "
                "WHERE state = 0")
@@ -321,6 +324,7 @@ def connect(path: str | Path, synchronous: str, busy_timeout_s: float) -> sqlite
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {sync}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]

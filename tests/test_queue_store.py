@@ -186,6 +186,22 @@ def test_lease_is_per_recipient_and_lease_each_serves_several_in_one_call(store,
     assert store.counted() == store.recount() and store.stats()["totals"]["leased"] == 4
 
 
+def test_a_lease_with_nothing_ready_takes_no_lock(db, clock):
+    store = QueueStore(db, clock=clock, busy_timeout_s=0.05)
+    store.enqueue([msg("alice", delay_s=60)])
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        assert store.lease("bob", 10, "c", 30) == []
+        assert store.lease_each([("alice", 0), ("carol", 5)], "c", 30) == []
+        with pytest.raises(TransientError):  # alice has a (delayed) row: that one must lock
+            store.lease("alice", 10, "c", 30)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
+
+
 def test_expired_lease_becomes_ready_again_and_attempt_is_counted(store, clock):
     store.enqueue([msg(id="m")])
     store.lease("alice", 1, "dead-consumer", visibility_s=30)

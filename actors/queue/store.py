@@ -219,17 +219,25 @@ class QueueStore:
         more than that many bytes as sent (:func:`model.wire_size`): the sizes are read before
         anything is leased, and leasing stops at the first message that does not fit, except
         a first message, which comes alone however large."""
+        ready: dict[str, list[int]] = {}  # recipient -> priorities with ready rows
+        for (state, rcpt, prio), c in self._depth.items():
+            if state == READY and c > 0:
+                ready.setdefault(rcpt, []).append(prio)
+        work, asked = [], 0  # (recipient, how many in all up to it, its priorities)
+        for rcpt, n in wants:
+            asked += n
+            if asked > 0 and rcpt in ready:
+                work.append((rcpt, asked, sorted(ready[rcpt])))
+        if not work:
+            return []  # nothing ready where asked: no transaction at all
         now = self._clock()
         rows: list[tuple] = []  # rowid, id, recipient, priority, available_at, attempts
         params = {"owner": owner, "exp": now + visibility_s, "now": now}
         budget = max_bytes
-        want = 0
         conn = self._conn
         with self._tx() as tx:
-            for recipient, n in wants:
-                want += n
-                for prio in sorted(p for (state, rcpt, p), c in self._depth.items()
-                                   if state == READY and c > 0 and rcpt == recipient):
+            for recipient, want, prios in work:
+                for prio in prios:
                     if len(rows) >= want or budget is not None and budget <= 0:
                         break
                     params.update(rcpt=recipient, prio=prio, lim=want - len(rows))

@@ -4,9 +4,9 @@ fresh rows (:class:`FreshRows`), rows -> messages, and :class:`Transaction`.
 
 Indexes (all partial, so each state's queries only touch the rows they need):
 
-* ``ix_ready``  (recipient, priority, available_at[, rowid]) WHERE state = 0 -> ``lease`` (one range
-  per recipient and priority), a lease's byte budget and ``next_available_at`` (the store knows which
-  (recipient, priority) pairs have ready rows from its in-memory counters)
+* ``ix_ready``  (recipient, priority, available_at[, rowid]) WHERE state = 0 -> leases (one
+  range per recipient and priority), a lease's byte budget and ``next_available_at`` (the
+  store knows which (recipient, priority) pairs have ready rows from its in-memory counters)
 * ``ix_leased`` (lease_expires_at)                       WHERE state = 1 -> ``expire_leases``
 * ``ix_dead``   (dead_at, id)                            WHERE state = 2 -> ``dead_letters``
 * ``acked_ids`` WITHOUT ROWID (id PK, acked_at) + ``ix_acked_at`` -> dedup + ``purge_acked``

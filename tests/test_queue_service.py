@@ -73,6 +73,8 @@ def test_a_group_is_complete_once_every_active_producer_is_in():
     assert len(items) == 2 and g.seq == 2
     g.add("B", "e", [item], "B", now=0.05)  # A has been quiet for longer than active_s
     assert g.complete(0.05) and set(g.seen) == {"B"}
+    g.add("C", "e", [item], "", now=0.06)  # group commit off: producers are not tracked
+    assert set(g.seen) == {"B"}
 
 
 def test_in_flight_tracks_owners_holders_expiry_and_latency_sources():
@@ -102,6 +104,9 @@ def test_allocate_shares_a_round_fairly_and_rotates_who_goes_first():
     served = [core.allocate({"a": 50, "b": 50, "c": 50}, 1, t)[0][0] for t in range(6)]
     assert served == ["a", "b", "c", "a", "b", "c"]  # a limit of 1 still reaches everyone
     assert core.allocate({}, 5, 0) == [] and core.allocate({"a": 3}, 0, 0) == []
+    busy = dict.fromkeys("abcd", 100)
+    assert core.allocate(busy, 10, 0) == [("a", 3), ("b", 3), ("c", 2), ("d", 2)]
+    assert core.allocate(busy, 5, 0) == [("a", 2), ("b", 1), ("c", 1), ("d", 1)]
     assert core.allocate({"a": 2}, 10, 7) == [("a", 2)]
 
 

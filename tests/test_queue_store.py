@@ -180,10 +180,18 @@ def test_lease_is_per_recipient_and_lease_each_serves_several_in_one_call(store,
     assert store.lease("nobody", 10, "c", 30) == []
     store.enqueue([msg("bob", id="b3", priority="high")])
     got = store.lease_each([("carol", 2), ("bob", 1), ("alice", 0), ("nobody", 3)], "c", 30)
-    # c2 is not due yet: carol's unused share goes to bob; each recipient in its own order
-    assert ids_of(got) == ["c1", "b3", "b2"]
-    assert store.ready_counts() == {"alice": 1, "carol": 1}
-    assert store.counted() == store.recount() and store.stats()["totals"]["leased"] == 4
+    # c2 is not due yet: carol's unused share goes to bob, then to anyone listed (alice);
+    # each recipient's messages in its own order
+    assert ids_of(got) == ["c1", "b3", "b2", "a1"]
+    assert store.ready_counts() == {"carol": 1}
+    assert store.counted() == store.recount() and store.stats()["totals"]["leased"] == 5
+
+
+def test_lease_each_fills_a_round_from_any_recipient_when_one_has_nothing_due(store):
+    store.enqueue([msg("a", id=f"a{i}") for i in range(20)] + [msg("b", id="b0", delay_s=60)])
+    for wants in ([("a", 5), ("b", 5)], [("b", 5), ("a", 5)]):  # b last, then b first
+        assert ids_of(store.lease_each(wants, "c", 30)) == [f"a{i}" for i in range(10)] \
+            if wants[0][0] == "a" else [f"a{i}" for i in range(10, 20)]
 
 
 def test_a_lease_with_nothing_ready_takes_no_lock(db, clock):

@@ -103,7 +103,8 @@ class GroupCommit:
 
     def add(self, sender: Any, env: Any, items: Sequence[Any], producer: str = "",
             now: float = 0.0) -> int:
-        self.seen[producer] = now
+        if producer:  # "": not tracked (group commit off)
+            self.seen[producer] = now
         req = _Request(sender, env, len(items), producer)
         for i, item in enumerate(items):
             norm, reason = normalize(item, self.max_payload)
@@ -360,9 +361,9 @@ def allocate(ready: Mapping[str, int], limit: int, turn: int) -> list[tuple[str,
     got = dict.fromkeys(order, 0)
     left, active = limit, order
     while left > 0 and active:
-        share = -(-left // len(active))
-        for rcpt in active:
-            n = min(share, ready[rcpt] - got[rcpt], left)
+        share, odd = divmod(left, len(active))
+        for i, rcpt in enumerate(active):
+            n = min(share + (i < odd), ready[rcpt] - got[rcpt])
             got[rcpt] += n
             left -= n
         active = [r for r in active if got[r] < ready[r]]

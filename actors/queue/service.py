@@ -251,7 +251,8 @@ class QueueService(ServiceActor):
         if len(items) > core.MAX_ITEMS_PER_REQUEST:
             raise PermanentError(f"more than {core.MAX_ITEMS_PER_REQUEST} items in one request")
         now = time.monotonic()
-        pending = self.group.add(sender, env, items, protocol.address_to_wire(sender), now)
+        producer = protocol.address_to_wire(sender) if self.group_commit_s > 0 else ""
+        pending = self.group.add(sender, env, items, producer, now)
         if self.group_commit_s <= 0 or pending >= self.batch_max or self.group.complete(now):
             self._flush()  # group commit off, full, or every active producer is in
         elif self.flush_timer != self.group.seq:  # the window of this group starts

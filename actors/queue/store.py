@@ -215,7 +215,7 @@ class QueueStore:
     def lease_each(self, wants: Sequence[tuple[str, int]], owner: str, visibility_s: float,
                    max_bytes: int | None = None) -> list[Leased]:
         """Up to n messages of each (recipient, n), in that order, in ONE transaction; what one
-        recipient cannot fill (fewer due now) goes to the next ones. With ``max_bytes``, no
+        recipient cannot fill (fewer due now) goes to the others. With ``max_bytes``, no
         more than that many bytes as sent (:func:`model.wire_size`): the sizes are read before
         anything is leased, and leasing stops at the first message that does not fit, except
         a first message, which comes alone however large."""
@@ -236,7 +236,10 @@ class QueueStore:
         budget = max_bytes
         conn = self._conn
         with self._tx() as tx:
-            for recipient, want, prios in work:
+            # pass 1: each its share, and what one leaves goes to the next; pass 2 (only if
+            # short): the rest from any (rows leased in pass 1 are no longer ready)
+            passes = (work, [(rcpt, asked, prios) for rcpt, _, prios in work])
+            for recipient, want, prios in (w for p in passes for w in p):
                 for prio in prios:
                     if len(rows) >= want or budget is not None and budget <= 0:
                         break

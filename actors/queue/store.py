@@ -237,9 +237,9 @@ class QueueStore:
         conn = self._conn
         with self._tx() as tx:
             # pass 1: each its share, and what one leaves goes to the next; pass 2 (only if
-            # short): the rest from any (rows leased in pass 1 are no longer ready)
-            passes = (work, [(rcpt, asked, prios) for rcpt, _, prios in work])
-            for recipient, want, prios in (w for p in passes for w in p):
+            # short, and several recipients): the rest from any (pass 1's rows are leased now)
+            rest = [(rcpt, asked, prios) for rcpt, _, prios in work] if len(work) > 1 else []
+            for recipient, want, prios in (*work, *rest):
                 for prio in prios:
                     if len(rows) >= want or budget is not None and budget <= 0:
                         break

@@ -24,15 +24,21 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _MAX_ITEMS = 1_000_000
 
 _ids = itertools.count(1)
-_id_prefix = ""
-_id_pid = -1
+_id_prefix = os.urandom(5).hex()
+
+
+def _reseed() -> None:
+    global _id_prefix
+    _id_prefix = os.urandom(5).hex()
+
+
+# A forked child draws its own prefix, so it never repeats its parent's ids (checked at fork,
+# not per id: a getpid() per message was a system call on every send).
+os.register_at_fork(after_in_child=_reseed)
 
 
 def new_id() -> str:
     """A message id unique across processes and restarts: random prefix per process + counter."""
-    global _id_prefix, _id_pid
-    if _id_pid != os.getpid():  # re-seed after fork so children never share ids with the parent
-        _id_pid, _id_prefix = os.getpid(), os.urandom(5).hex()
     return f"{_id_prefix}{next(_ids):x}"
 
 

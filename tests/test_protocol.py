@@ -74,6 +74,24 @@ def test_message_ids_are_unique():
     assert len(ids) == 10000
 
 
+def test_a_forked_process_makes_ids_its_parent_never_does():
+    """Actors are forks of their parent: same counter, so the prefix must differ."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next ids, exit without running pytest's teardown
+        os.write(write, " ".join(protocol.new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode().split()
+    os.close(read)
+    mine = [protocol.new_id() for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(mine)
+    assert {c[:10] for c in child} != {m[:10] for m in mine}
+
+
 def test_addresses_travel_as_strings_and_come_back_equal():
     from thespian.actors import ActorAddress, ActorSystem
     from thespian.system.transport.IPBase import TCPv4ActorAddress

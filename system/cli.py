@@ -37,8 +37,14 @@ def _config(args) -> Config:
     return load_config(getattr(args, "config", None))
 
 
+def _json(args) -> bool:
+    # -c and --json are on every (sub)parser with default SUPPRESS, so whichever parser saw
+    # them sets them and none writes a default over them: absent means not given.
+    return getattr(args, "json", False)
+
+
 def _emit(args, data, human) -> None:
-    if getattr(args, "json", False):
+    if _json(args):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         human(data)
@@ -191,26 +197,40 @@ def cmd_send(args) -> int:
     from actors.queue import commands as qc
 
     cfg = _config(args)
+    agents = cfg.get("agents.names", None) or []
     if args.file:
         if args.recipient or args.text is not None:
             return _fail("give RECIPIENT TEXT or --file, not both")
+        if any(v is not None for v in (args.priority, args.type, args.id, args.sender)):
+            return _fail("--priority, --type, --id and --sender are for one message; "
+                         "in a --file give them on each line")
         try:
-            with open(args.file, encoding="utf-8", errors="replace") as handle:
-                items, rejected = qc.parse_jsonl(handle)
+            with open(args.file, "rb") as handle:
+                items, rejected = qc.parse_jsonl(qc.read_lines(handle))
         except OSError as exc:
             return _fail(f"cannot read {args.file}: {exc.strerror}")
         client = AdminClient(cfg.data)
         report = qc.send_batches(lambda batch: client.call(protocol.ADMIN_SEND, {"items": batch}),
                                  items, rejected, int(cfg.get("services.queue.batch_max", 500)))
         _emit(args, report, qc.print_send_report)
-        return 1 if report["rejected"] else 0
+        queued = set(report["ids"])
+        for rcpt in sorted({i["recipient"] for _, i in items
+                            if isinstance(i["id"], str) and i["id"] in queued}):
+            if note := qc.recipient_note(rcpt, agents):
+                print(f"swarm: {note}", file=sys.stderr)
+        return 1 if report["rejected"] or report["unsent"] else 0
     if not args.recipient or args.text is None:
         return _fail("send needs RECIPIENT and TEXT, or --file F.jsonl")
-    item = qc.text_item(args.recipient, args.text, priority=args.priority, type=args.type,
-                        id=args.id, sender=args.sender)
+    try:
+        item = qc.text_item(args.recipient, args.text, priority=args.priority, type=args.type,
+                            id=args.id, sender=args.sender)
+    except ValueError as exc:
+        return _fail(str(exc))
     reply = AdminClient(cfg.data).call(protocol.ADMIN_SEND, {"items": [item]})
     if reply["rejected"]:
         return _fail(f"rejected: {reply['rejected'][0][1]}")
+    if note := qc.recipient_note(args.recipient, agents):
+        print(f"swarm: {note}", file=sys.stderr)
     out = {"id": reply["ids"][0], "duplicate": bool(reply["duplicates"])}
     _emit(args, out, lambda r: print(r["id"] + (" (duplicate: already accepted, not queued "
                                                 "again)" if r["duplicate"] else "")))
@@ -229,7 +249,13 @@ def cmd_queue(args) -> int:
             return _fail("requeue needs message ids or --all (not both)")
         body = {"all": True} if args.all else {"ids": args.ids}
     elif op == "purge":
-        body = {"state": args.state, **({"recipient": args.recipient} if args.recipient else {})}
+        if args.recipient is not None and not args.recipient.strip():
+            return _fail("--recipient must not be empty (leave it out to purge every recipient)")
+        if args.state != "dead" and not args.yes:
+            return _fail(f"purging {args.state} messages deletes undelivered messages for good; "
+                         "add --yes")
+        body = {"state": args.state, **({"recipient": args.recipient}
+                                        if args.recipient is not None else {})}
     reply = AdminClient(cfg.data).call(protocol.ADMIN_QUEUE, {"op": op, **body})
     if op == "stats":
         _emit(args, reply, qc.print_stats)
@@ -241,8 +267,9 @@ def cmd_queue(args) -> int:
         if reply["missing"]:
             return _fail("not dead letters: " + ", ".join(reply["missing"]))
     else:
-        where = f" of {args.recipient}" if args.recipient else ""
-        _emit(args, reply, lambda r: print(f"purged {r['purged']} {args.state} messages{where}"))
+        what = "" if args.state == "all" else f" {args.state}"
+        where = f" of {args.recipient}" if args.recipient is not None else ""
+        _emit(args, reply, lambda r: print(f"purged {r['purged']}{what} messages{where}"))
     return 0
 
 
@@ -284,7 +311,7 @@ def cmd_logs(args) -> int:
             return
         if levels.index(rec.get("level", "info")) < floor if rec.get("level") in levels else False:
             return
-        text = line if args.json else format_line(line, sys.stdout.isatty())
+        text = line if _json(args) else format_line(line, sys.stdout.isatty())
         if text:
             print(text, flush=True)
 
@@ -313,7 +340,7 @@ def cmd_config_check(args) -> int:
 
 def cmd_config_show(args) -> int:
     cfg = _config(args)
-    if args.json:
+    if _json(args):
         print(json.dumps({"config": cfg.redacted(), "sources": cfg.sources}, indent=2,
                          sort_keys=True, default=str))
         return 0
@@ -336,6 +363,18 @@ def _last_line(path: Path) -> str:
     return lines[-1].removeprefix("swarm: ") if lines else ""
 
 
+def _int_in(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS,
@@ -344,7 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON instead of a table")
     parser = argparse.ArgumentParser(prog="swarm", parents=[common],
                                      description="Supervised actor runtime for the swarm.")
-    parser.set_defaults(json=False, config=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_text, **kw):
@@ -392,14 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue_action("stats", "depth, rates, latency, in-flight per consumer, health")
     p = queue_action("dlq", "list dead letters, oldest first")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
-    p.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
+    p.add_argument("--limit", type=_int_in(1, 10_000), default=100, metavar="N",
+                   help="at most N (default 100)")
+    p.add_argument("--offset", type=_int_in(0, 2**63 - 1), default=0, metavar="N",
+                   help="skip the first N")
     p = queue_action("requeue", "make dead letters ready again (attempts reset)")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every dead letter")
     p = queue_action("purge", "delete messages (default: the dead letters)")
     p.add_argument("--state", choices=["dead", "ready", "leased", "all"], default="dead")
     p.add_argument("--recipient", default=None, metavar="R", help="only messages for R")
+    p.add_argument("--yes", action="store_true",
+                   help="confirm purging ready, leased or all messages (not needed for dead)")
     cfg = add("config", None, "check or show the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     for name, func, text in (("check", cmd_config_check, "validate the configuration"),
@@ -421,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - never a traceback to the user
-        return _fail(f"internal error: {type(exc).__name__}: {exc} (details: swarm logs)")
+        return _fail(f"internal error: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,6 @@ def classify(exc: BaseException) -> str:
         if "locked" in text or "busy" in text:
             return "transient"
         return "storage" if any(s in text for s in _SQLITE_DISK) else "fatal"
-    if isinstance(exc, (ValueError, TypeError, KeyError, UnicodeError)):
-        return "permanent"
+    if isinstance(exc, (ValueError, TypeError, KeyError, UnicodeError, OverflowError)):
+        return "permanent"  # bad input (OverflowError: a number too large for SQLite or msgpack)
     return "fatal"

@@ -53,6 +53,8 @@ def test_exceptions_map_to_recovery_classes():
     assert classify(sqlite3.OperationalError("database is locked")) == "transient"
     assert classify(sqlite3.OperationalError("no such table")) == "fatal"
     assert classify(ValueError()) == "permanent"
+    assert classify(OverflowError("Python int too large to convert to SQLite INTEGER")) == \
+        "permanent"  # a client's number, not broken state: no restart
     assert classify(PermanentError("x")) == "permanent"
     assert classify(TransientError("x")) == "transient"
     assert classify(ConfigError(["a", "b"])) == "config"

@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import msgpack
 import pytest
 
-from actors.queue.commands import parse_jsonl, send_batches
-from tests.conftest import Swarm
+from actors.queue.commands import parse_jsonl, read_lines, send_batches
+from system import protocol
+from system.admin import AdminClient
+from system.cli import build_parser
+from system.launcher import connect
+from tests.conftest import ROOT, Swarm
 
 
 def test_parse_jsonl_and_batch_report_map_results_to_line_numbers():
@@ -28,6 +34,42 @@ def test_parse_jsonl_and_batch_report_map_results_to_line_numbers():
     report = send_batches(fake_queue, items, rejected, batch_max=2)
     assert (report["accepted"], report["duplicates"], report["rejected"]) == (2, 1, 3)
     assert report["duplicate_lines"] == [{"line": 6, "id": items[1][1]["id"]}]
+
+
+def test_file_lines_that_cannot_be_sent_are_rejected_alone(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join([
+        b'{"recipient": "a", "text": "bom on line 1"}',
+        b'{"recipient": "a",\r"text": "a CR is JSON whitespace"}\r',   # CRLF too
+        b'{"recipient": "a", "text": "caf\xe9"}',                      # Latin-1, not UTF-8
+        b'{"recipient": "a", "text": "x", "max_attempts": 99999999999999999999999}',
+        b'{"recipient": "a", "text": "lone surrogate \\ud800"}',
+        b'{"recipient": "a", "text": "last"}']) + b"\n")
+    with open(path, "rb") as handle:
+        items, rejected = parse_jsonl(read_lines(handle))
+    assert [n for n, _ in items] == [1, 2, 6]
+    assert [(n, r.split(":")[0]) for n, r in rejected] == [
+        (3, "not valid UTF-8"), (4, "cannot be sent"), (5, "cannot be sent")]
+
+
+def test_batches_are_capped_by_bytes_and_a_failed_batch_reports_what_was_not_sent():
+    big = [(n, {"recipient": "a", "id": f"b{n}", "payload": b"x" * 400_000})
+           for n in range(1, 31)]
+    sizes, calls = [], 0
+
+    def queue(batch):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ConnectionError("no answer within the timeout")
+        sizes.append(sum(len(i["payload"]) for i in batch))
+        ids = [i["id"] for i in batch]
+        return {"accepted": ids, "duplicates": [], "rejected": [], "ids": ids}
+    report = send_batches(queue, big, [], batch_max=500, max_bytes=4_000_000)
+    assert len(sizes) == 2 and max(sizes) <= 4_000_000  # 9 items each, not 30 in one
+    assert report["accepted"] == 18 and report["ids"] == [f"b{n}" for n in range(1, 19)]
+    assert report["unsent"] == {"reason": "no answer within the timeout", "first_line": 19,
+                                "lines": 12}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +123,23 @@ def test_send_prints_the_id_and_says_duplicate(cs):
 def test_send_rejections_and_usage_errors_are_one_line(cs):
     one_line_error(cs.cli("send", "Agent-1", "x", "--id", "../../etc", check=False),
                    "rejected: unsafe id")
+    one_line_error(cs.cli("send", "Agent-1", "x", "--id", "", check=False),
+                   "--id must not be empty")
+    one_line_error(cs.cli("send", "Agent-1", "x", "--sender", " ", check=False),
+                   "--sender must not be empty")
+    one_line_error(cs.cli("send", "--file", "f.jsonl", "--priority", "high", check=False),
+                   "in a --file give them on each line")
+    for recipient, reason in (("Agent-1 ", "leading/trailing spaces"),
+                              ("Agent-\nFAKE row", "control characters")):
+        one_line_error(cs.cli("send", recipient, "x", check=False), "rejected: recipient has",
+                       reason)
+    one_line_error(cs.cli("send", "Agent-1", "x", "--type", "t\x1bx", check=False),
+                   "type must be a non-empty str without control characters")
+    # bytes the shell passes undecoded (not UTF-8) reach Python as surrogates
+    undecodable = b"caf\xe9".decode("utf-8", "surrogateescape")
+    one_line_error(cs.cli("send", "Agent-1", undecodable, check=False), "TEXT is not valid UTF-8")
+    near = cs.cli("send", "agent-1", "typo")
+    assert "did you mean 'Agent-1'?" in near.stderr and near.stdout.strip()
     one_line_error(cs.cli("send", "Agent-1", check=False), "needs RECIPIENT and TEXT")
     one_line_error(cs.cli("send", "--file", str(cs.dir / "nope.jsonl"), check=False),
                    "cannot read")
@@ -157,9 +216,50 @@ def test_dlq_requeue_and_purge(cs):
     assert cs.cli("queue", "dlq").stdout.strip() == "no dead letters"
     cs.cli("send", "purge-me", "a")
     cs.cli("send", "purge-me", "b")
-    assert cs.cli("queue", "purge", "--state", "ready", "--recipient", "purge-me").stdout.strip() \
-        == "purged 2 ready messages of purge-me"
+    one_line_error(cs.cli("queue", "purge", "--state", "ready", "--recipient", "purge-me",
+                          check=False), "add --yes")
+    one_line_error(cs.cli("queue", "purge", "--state", "ready", "--recipient", "", "--yes",
+                          check=False), "--recipient must not be empty")
+    assert queue_stats(cs)["ready_by_recipient"]["purge-me"] == 2  # neither touched anything
+    assert cs.cli("queue", "purge", "--state", "ready", "--recipient", "purge-me",
+                  "--yes").stdout.strip() == "purged 2 ready messages of purge-me"
     assert "purge-me" not in queue_stats(cs)["ready_by_recipient"]
+
+
+def test_dlq_paging_past_the_end_and_out_of_range_offsets(cs):
+    cs.cli("send", "Agent-404", "page me", "--id", "dead-page")
+    wait(lambda: "dead-page" in cs.cli("queue", "dlq").stdout)
+    total = json.loads(cs.cli("queue", "dlq", "--json").stdout)["total"]
+    assert cs.cli("queue", "dlq", "--offset", str(total)).stdout.strip() == (
+        f"no dead letters at offset {total} ({total} in all)")
+    for bad in ("-1", "9223372036854775808", "99999999999999999999", "x"):
+        proc = cs.cli("queue", "dlq", "--offset", bad, check=False)
+        assert proc.returncode == 2 and "argument --offset" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    pid = cs.service("queue")["pid"]
+    with connect(cs.config).private() as ctx:  # the queue itself bounds what a client sends
+        addr = protocol.address_from_wire(
+            AdminClient(cs.config).call(protocol.ADMIN_LOOKUP, {"name": "queue"})["addr"])
+        for _ in range(3):
+            reply = protocol.decode(ctx.ask(addr, protocol.QUEUE_DLQ.encode(
+                {"offset": 2**63}), 10))
+            assert reply.t == "error" and reply.b["code"] == "permanent", reply
+    assert cs.service("queue")["pid"] == pid and cs.service("queue")["restarts"] == 0
+
+
+def test_options_before_the_subcommand_count(cs, tmp_path):
+    """-c and --json are accepted before or after the subcommand: before, they were parsed
+    and then overwritten by the subcommand's defaults (the default config's port was used)."""
+    proc = subprocess.run([sys.executable, "-m", "system.cli", "-c", str(cs.config_path),
+                           "--json", "queue", "stats"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "depth" in json.loads(proc.stdout)
+    parser = build_parser()
+    args = parser.parse_args(["-c", "a.yaml", "queue", "dlq", "--json"])
+    assert args.config == "a.yaml" and args.json is True
+    args = parser.parse_args(["-c", "a.yaml", "status", "-c", "b.yaml"])
+    assert args.config == "b.yaml" and not getattr(args, "json", False)
 
 
 def test_queue_commands_fail_in_one_line_when_the_queue_is_off_or_no_swarm(make_swarm):

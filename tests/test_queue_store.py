@@ -94,18 +94,28 @@ def test_batch_with_duplicates_and_invalid_items_rejects_only_those(store):
         msg(max_attempts=0),                                        # 10
         msg(max_attempts=2**63),                                    # 11 beyond SQLite's int
         msg(id="m2"),
+        msg(recipient=5),                                           # 13 not a str
+        msg(recipient="alice "),                                    # 14 trailing space
+        msg(recipient="a\nforged line"),                            # 15 control character
+        msg(sender="s\x00y"),                                       # 16
+        msg(type="t\x1b[2Jx"),                                      # 17
+        msg(delay_s=1e300),                                         # 18 never due
+        msg(delay_s=366 * 86_400, id="m3"),                         # the longest delay: ok
     ]
     res = store.enqueue(items)
-    assert [i for i, _ in res.rejected] == [1, 3, 4, 5, 6, 7, 9, 10, 11]
+    assert [i for i, _ in res.rejected] == [1, 3, 4, 5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18]
+    assert dict(res.rejected)[13] == "recipient must be a str, not int"
+    assert all("control characters" in dict(res.rejected)[i] for i in (14, 15, 16, 17))
+    assert dict(res.rejected)[18] == "delay_s over 366 days"
     assert "1..1000" in dict(res.rejected)[11]
     reasons = dict(res.rejected)
     assert reasons[1] == "empty recipient" and "unknown priority" in reasons[3]
     assert "bytes" in reasons[4] and reasons[5] == "negative delay"
     assert res.duplicates == ["m1"]
-    assert res.accepted[0] == "m1" and res.accepted[-1] == "m2" and len(res.accepted) == 3
+    assert res.accepted[0] == "m1" and res.accepted[-1] == "m3" and len(res.accepted) == 4
     assert res.ids[0] == res.ids[2] == "m1" and res.ids[1] is None and res.ids[8] is not None
     assert store.get(res.ids[8]).priority == "high"
-    assert store.stats()["depth"]["ready"] == 3
+    assert store.stats()["depth"]["ready"] == 4
 
 
 def test_duplicate_ids_detected_in_every_state_and_after_ack(store, clock):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import msgpack
 
@@ -17,6 +18,9 @@ from actors.queue.inbox import _jsonable
 from actors.queue.model import IdGenerator
 
 CLI_SENDER = "cli"
+# A send batch stops at this many bytes of items (and at batch_max items): a request must stay
+# well under what the queue decodes (protocol.MAX_MESSAGE_BYTES), whatever the lines' sizes.
+BATCH_BYTES = 8 << 20
 _new_id = IdGenerator(time.time)
 
 
@@ -24,9 +28,20 @@ def text_item(recipient: str, text: str, *, priority: str | None = None,
               type: str | None = None, id: str | None = None,
               sender: str | None = None) -> dict:
     """One ``swarm send`` item. The CLI assigns the id when none is given, so that a retried
-    admin call is deduplicated instead of enqueued twice."""
+    admin call is deduplicated instead of enqueued twice. ValueError names an argument that
+    cannot be sent (empty, or not valid UTF-8: bytes the shell passed through undecoded)."""
+    for name, value in (("RECIPIENT", recipient), ("TEXT", text), ("--type", type),
+                        ("--id", id), ("--sender", sender)):
+        if value is None:
+            continue
+        if name not in ("TEXT", "RECIPIENT") and not value.strip():
+            raise ValueError(f"{name} must not be empty")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} is not valid UTF-8") from None
     item = {"recipient": recipient, "payload": msgpack.packb({"text": text}),
-            "id": id or _new_id(), "sender": sender or CLI_SENDER}
+            "id": _new_id() if id is None else id, "sender": sender or CLI_SENDER}
     if priority is not None:
         item["priority"] = priority
     if type is not None:
@@ -34,14 +49,33 @@ def text_item(recipient: str, text: str, *, priority: str | None = None,
     return item
 
 
-def parse_jsonl(lines: Iterable[str]) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+def read_lines(handle: BinaryIO) -> Iterator[str | None]:
+    """The lines of a ``send --file`` opened in binary: split at "\n" only (a CR inside a
+    line is JSON whitespace, not a line break), CRLF and a leading UTF-8 BOM accepted; None
+    for a line that is not valid UTF-8 (rejected by its number, never altered)."""
+    for number, raw in enumerate(handle, 1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            yield raw.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError:
+            yield None
+
+
+def parse_jsonl(lines: Iterable[str | None]) -> tuple[list[tuple[int, dict]],
+                                                      list[tuple[int, str]]]:
     """``send --file`` lines -> ([(line number, item)], [(line number, reason)]).
 
     One JSON object per line: recipient, text or payload (any JSON value, sent as msgpack),
     priority, type, id, sender, headers, delay_s, max_attempts. Blank lines are skipped; other
-    fields are left for the queue to reject."""
+    fields are left for the queue to reject, but a line that cannot be sent at all (not
+    UTF-8, a number msgpack cannot hold, a lone surrogate) is rejected here, so that it cannot
+    stop the lines after it."""
     items, rejected = [], []
     for number, line in enumerate(lines, 1):
+        if line is None:
+            rejected.append((number, "not valid UTF-8"))
+            continue
         if not line.strip():
             continue
         try:
@@ -60,23 +94,54 @@ def parse_jsonl(lines: Iterable[str]) -> tuple[list[tuple[int, dict]], list[tupl
                 rejected.append((number, "text must be a string"))
                 continue
             obj["payload"] = {"text": obj.pop("text")}
-        if "payload" in obj:
-            obj["payload"] = msgpack.packb(obj["payload"])
         obj.setdefault("id", _new_id())
         obj.setdefault("sender", CLI_SENDER)
+        try:
+            if "payload" in obj:
+                obj["payload"] = msgpack.packb(obj["payload"])
+            msgpack.packb(obj)
+        except (OverflowError, UnicodeError, ValueError, TypeError) as exc:
+            rejected.append((number, f"cannot be sent: {exc}"))
+            continue
         items.append((number, obj))
     return items, rejected
 
 
+def batches(items: list[tuple[int, dict]], batch_max: int,
+            max_bytes: int = BATCH_BYTES) -> Iterator[list[tuple[int, dict]]]:
+    """Consecutive runs of at most ``batch_max`` items and ``max_bytes`` of encoded items (a
+    single larger item goes alone; the queue's own size limit then rejects it by its line)."""
+    chunk, size = [], 0
+    for entry in items:
+        n = len(msgpack.packb(entry[1]))
+        if chunk and (len(chunk) >= batch_max or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += n
+    if chunk:
+        yield chunk
+
+
 def send_batches(call: Callable[[list[dict]], dict], items: list[tuple[int, dict]],
-                 rejected: list[tuple[int, str]], batch_max: int) -> dict:
-    """Send items in batches of ``batch_max`` and merge the replies into one report."""
+                 rejected: list[tuple[int, str]], batch_max: int,
+                 max_bytes: int = BATCH_BYTES) -> dict:
+    """Send items in batches and merge the replies into one report. If a batch fails (the
+    swarm went away, a timeout), sending stops there: the report says what was queued before
+    and lists every later line as not sent, with the reason (``unsent``)."""
     report = {"accepted": 0, "duplicates": 0, "rejected": 0, "ids": [],
               "duplicate_lines": [], "rejected_lines": [{"line": n, "reason": r}
-                                                        for n, r in rejected]}
-    for start in range(0, len(items), batch_max):
-        chunk = items[start:start + batch_max]
-        reply = call([item for _, item in chunk])
+                                                        for n, r in rejected],
+              "unsent": None}
+    left = list(batches(items, batch_max, max_bytes))
+    while left:
+        chunk = left.pop(0)
+        try:
+            reply = call([item for _, item in chunk])
+        except Exception as exc:  # noqa: BLE001 - reported, with the lines it concerns
+            lines = [n for c in [chunk, *left] for n, _ in c]
+            report["unsent"] = {"reason": str(exc), "first_line": lines[0], "lines": len(lines)}
+            break
         accepted, dups = set(reply["accepted"]), list(reply["duplicates"])
         for index, reason in reply["rejected"]:
             report["rejected_lines"].append({"line": chunk[index][0], "reason": reason})
@@ -96,9 +161,24 @@ def send_batches(call: Callable[[list[dict]], dict], items: list[tuple[int, dict
     return report
 
 
+def recipient_note(recipient: str, agents: Iterable[str]) -> str | None:
+    """A warning when ``recipient`` is not an agent but looks like a mistyped one (case or
+    spaces): the queue keeps it for whichever consumer asks for that exact name."""
+    if recipient in agents:
+        return None
+    near = [a for a in agents if a.casefold() == recipient.strip().casefold()]
+    if near:
+        return (f"note: {recipient!r} is not an agent (did you mean {near[0]!r}?); it waits "
+                "for a consumer of that exact name")
+    return None
+
+
 def print_send_report(report: dict) -> None:
     print(f"accepted {report['accepted']}, duplicates {report['duplicates']}, "
           f"rejected {report['rejected']}")
+    if unsent := report.get("unsent"):
+        print(f"not sent: {unsent['lines']} lines from line {unsent['first_line']} on "
+              f"({unsent['reason']}); the lines before were handled as listed")
     for dup in report["duplicate_lines"]:
         print(f"line {dup['line']}: duplicate {dup['id']}")
     for bad in report["rejected_lines"]:
@@ -148,15 +228,15 @@ def print_stats(s: dict) -> None:
 
 
 def print_dlq(reply: dict) -> None:
-    msgs = reply["messages"]
+    msgs, offset, total = reply["messages"], reply.get("offset", 0), reply.get("total", 0)
     if not msgs:
-        print("no dead letters")
+        print(f"no dead letters at offset {offset} ({total} in all)" if offset and total
+              else "no dead letters")
         return
     print(f"{'ID':<28} {'RECIPIENT':<16} {'TRIES':>5}  {'DIED':<19}  ERROR")
     for m in msgs:
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("dead_at") or 0))
         print(f"{m['id']:<28} {m['recipient']:<16} {m['attempts']:>5}  {died:<19}  "
               f"{(m.get('last_error') or '')[:80]}")
-    offset, total = reply.get("offset", 0), reply.get("total", len(msgs))
     if total > offset + len(msgs):
         print(f"({len(msgs)} of {total} shown from {offset}; more: --offset {offset + len(msgs)})")

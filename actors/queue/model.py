@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 MAX_ID_LEN = 128
 MAX_RECIPIENT_LEN = 200
 MAX_ATTEMPTS = 1000  # per message; with backoff capped at retry_max_s that is days of retries
+MAX_DELAY_S = 366 * 86_400  # a delay is a reminder, not an archive: at most a year
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=~-]*")
 
 
@@ -115,16 +116,22 @@ def check_fields(recipient: Any, payload: Any, sender: Any, kind: Any, priority:
                  headers: Any, delay_s: Any, mid: Any, max_attempts: Any) -> int | str:
     """The priority as an int if the fields of a :class:`NewMessage` are valid, else why not
     (a str). One pass, no objects built: the store's enqueue calls it for every item."""
-    if not isinstance(recipient, str) or not recipient.strip():
+    if not isinstance(recipient, str):
+        return f"recipient must be a str, not {type(recipient).__name__}"
+    if not recipient.strip():
         return "empty recipient"
     if len(recipient) > MAX_RECIPIENT_LEN:
         return f"recipient longer than {MAX_RECIPIENT_LEN} characters"
+    # Names are printed in tables and inbox headers, and compared exactly: "alice " or a
+    # control character would be a recipient nobody consumes, or a forged line of output.
+    if not recipient.isprintable() or recipient != recipient.strip():
+        return "recipient has control characters or leading/trailing spaces"
     if not isinstance(payload, (bytes, bytearray)):
         return f"payload must be bytes, not {type(payload).__name__}"
-    if not isinstance(sender, str):
-        return "sender must be a str"
-    if not isinstance(kind, str) or not kind:
-        return "type must be a non-empty str"
+    if not isinstance(sender, str) or not sender.isprintable():
+        return "sender must be a str without control characters"
+    if not isinstance(kind, str) or not kind or not kind.isprintable():
+        return "type must be a non-empty str without control characters"
     prio = PRIORITY_OF_LABEL.get(priority) if priority.__class__ is str else None
     if prio is None:
         try:
@@ -142,6 +149,8 @@ def check_fields(recipient: Any, payload: Any, sender: Any, kind: Any, priority:
         return "delay_s must be finite"
     if delay_s < 0:
         return "negative delay"
+    if delay_s > MAX_DELAY_S:
+        return f"delay_s over {MAX_DELAY_S // 86_400} days"
     if mid is not None and (reason := check_message_id(mid)):
         return reason
     if max_attempts is not None and (

@@ -70,6 +70,7 @@ QUIET_BYTES_MIN = 2048    # envelopes above this size are sent as core.QuietByte
 REPLY_BYTES = protocol.MAX_MESSAGE_BYTES // 2
 _STORAGE_ERRORS = (sqlite3.Error, OSError, TransientError)
 _PURGE_STATES = ("dead", "ready", "leased", "all")
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
 
 
 _arg = core.body_field
@@ -447,7 +448,8 @@ class QueueService(ServiceActor):
             raise PermanentError(f"{recipient!r} is delivered by the inbox sink")
         limit = _arg(b, "max_in_flight", int, 100, check=lambda n: 1 <= n <= 100_000,
                      what="an int in 1..100000")
-        batch = _arg(b, "batch", int, self.batch_max, check=lambda n: n >= 1, what="an int >= 1")
+        batch = _arg(b, "batch", int, self.batch_max, check=lambda n: 1 <= n <= 100_000,
+                     what="an int in 1..100000")
         vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
         consumer = _arg(b, "consumer", str, None)
         sub, replaced = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient,
@@ -493,7 +495,8 @@ class QueueService(ServiceActor):
     def _dlq(self, env, sender) -> None:
         limit = _arg(env.b, "limit", int, 100, check=lambda n: 1 <= n <= 10_000,
                      what="an int in 1..10000")
-        offset = _arg(env.b, "offset", int, 0, check=lambda n: n >= 0, what="an int >= 0")
+        offset = _arg(env.b, "offset", int, 0, check=lambda n: 0 <= n <= MAX_OFFSET,
+                      what=f"an int in 0..{MAX_OFFSET}")
         msgs = self._db(self.store.dead_letters, limit, offset)
         msgs = msgs[:fitting(msgs, REPLY_BYTES)]  # the rest: page on with offset
         self.reply(sender, env, protocol.OK, {
@@ -519,7 +522,7 @@ class QueueService(ServiceActor):
     def _purge(self, env, sender) -> None:
         state = _arg(env.b, "state", str, "dead", check=lambda s: s in _PURGE_STATES,
                      what=" | ".join(_PURGE_STATES))
-        recipient = _arg(env.b, "recipient", str, None)
+        recipient = _arg(env.b, "recipient", str, None, check=bool, what="a recipient name")
         n = self._db(self.store.purge, state, recipient)
         self.reply(sender, env, protocol.OK, {"purged": n, "state": state,
                                               "recipient": recipient})

@@ -15,7 +15,6 @@ from system import protocol
 from system.service import ServiceActor, handles
 
 REQUEST_TIMEOUT_S = 10.0
-QUEUE_CACHE_S = 2.0  # < the client's 3 s attempt timeout: a stale address heals on its retry
 _QUEUE_OPS = {"stats": protocol.QUEUE_STATS, "dlq": protocol.QUEUE_DLQ,
               "requeue": protocol.QUEUE_REQUEUE, "purge": protocol.QUEUE_PURGE}
 
@@ -23,10 +22,6 @@ _QUEUE_OPS = {"stats": protocol.QUEUE_STATS, "dlq": protocol.QUEUE_DLQ,
 class Admin(ServiceActor):
     kind = "core"
     tick_s = 1.0
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._queue = None  # (queue address, looked up at) for queue commands
 
     def _registry_addr(self):
         return protocol.address_from_wire(self.registry) if self.registry else None
@@ -99,12 +94,11 @@ class Admin(ServiceActor):
         self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": env.b["name"]},
                      self._answer(sender, env, "lookup"), REQUEST_TIMEOUT_S)
 
-    # -- queue commands: found through the registry, address cached briefly ------------------
+    # -- queue commands: the queue is looked up in the registry for each one ----------------
+    # (no cached address: after a restart of the queue a cached one is dead, and a request sent
+    # there is lost without a word from Thespian; the client would only see its timeout)
     def _to_queue(self, sender, env, mtype: protocol.MessageType, body: dict, what: str) -> None:
         if self._not_ready(sender, env):
-            return
-        if self._queue is not None and time.monotonic() - self._queue[1] < QUEUE_CACHE_S:
-            self._forward_queue(self._queue[0], sender, env, mtype, body, what)
             return
 
         def found(reply):
@@ -116,20 +110,11 @@ class Admin(ServiceActor):
                 code = "not_ready" if state in ("starting", "restarting") else "queue_unavailable"
                 self.reply_error(sender, env, code, f"the queue service is {state}")
                 return
-            self._queue = (protocol.address_from_wire(addr), time.monotonic())
-            self._forward_queue(self._queue[0], sender, env, mtype, body, what)
+            self.request(protocol.address_from_wire(addr), mtype, body,
+                         self._answer(sender, env, what), REQUEST_TIMEOUT_S)
 
         self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": "queue"}, found,
                      REQUEST_TIMEOUT_S)
-
-    def _forward_queue(self, addr, sender, env, mtype, body, what) -> None:
-        answer = self._answer(sender, env, what)
-
-        def done(reply):
-            if reply is None:
-                self._queue = None
-            answer(reply)
-        self.request(addr, mtype, body, done, REQUEST_TIMEOUT_S)
 
     @handles(protocol.ADMIN_SEND)
     def _send(self, env, sender) -> None:

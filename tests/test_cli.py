@@ -141,3 +141,60 @@ def test_start_refuses_an_invalid_config_and_starts_nothing(make_swarm):
     assert proc.returncode == 2 and "unknown key 'surprise'" in proc.stderr
     assert "Traceback" not in proc.stderr and not swarm.processes()
     swarm.config_path.write_text(good)
+
+
+class _ScriptedSystem:
+    """An ActorSystem stand-in for AdminClient: records what is sent to whom and answers each
+    ask/listen with the next scripted step (a function of the envelopes sent so far)."""
+
+    def __init__(self, steps):
+        self.steps, self.sent = list(steps), []
+
+    def createActor(self, *args, **kw):
+        return "root"
+
+    def ask(self, addr, data, timeout):
+        self.sent.append((addr, protocol.decode(data)))
+        return self.listen(timeout)
+
+    def listen(self, timeout):
+        return self.steps.pop(0)(self.sent) if self.steps else None
+
+
+def test_a_slow_admin_is_waited_for_not_asked_twice(monkeypatch):
+    """An admin slower than one attempt (3 s) still runs the first request: sending it again
+    would purge, restart or enqueue a second time and report on the second run."""
+    from system import admin as admin_client
+
+    admin_wire = "tcp:127.0.0.1:4"
+
+    def lookup_reply(sent):
+        return protocol.OK.encode({"addr": admin_wire}, re=sent[-1][1].id)
+
+    def purge_reply(sent):
+        first = next(env for addr, env in sent if env.t == protocol.ADMIN_QUEUE.name)
+        return protocol.OK.encode({"purged": 7}, re=first.id)
+
+    steps = [lookup_reply,            # the admin is found
+             lambda sent: None,       # the purge: no answer within the attempt
+             purge_reply,             # its answer comes while the client looks the admin up
+             lookup_reply]            # still the same admin: wait on, do not send again
+    fake = _ScriptedSystem(steps)
+    monkeypatch.setattr(admin_client, "connect", lambda config: fake)
+    monkeypatch.setattr(admin_client, "read_pid_file", lambda config: {"root_pid": 1})
+    client = admin_client.AdminClient({})
+    assert client.call(protocol.ADMIN_QUEUE, {"op": "purge", "state": "dead"}) == {"purged": 7}
+    purges = [env for _, env in fake.sent if env.t == protocol.ADMIN_QUEUE.name]
+    assert len(purges) == 1 and not client._late
+
+    # an admin that answers not_ready did not run it: the same request goes again
+    def not_ready(sent):
+        return protocol.error_reply(sent[-1][1], "not_ready", "restarting")
+
+    def ok(sent):
+        return protocol.OK.encode({"purged": 1}, re=sent[-1][1].id)
+    fake = _ScriptedSystem([lookup_reply, not_ready, lookup_reply, ok])
+    monkeypatch.setattr(admin_client, "connect", lambda config: fake)
+    assert admin_client.AdminClient({}).call(protocol.ADMIN_QUEUE, {"op": "purge"}) == {
+        "purged": 1}
+    assert len([e for _, e in fake.sent if e.t == protocol.ADMIN_QUEUE.name]) == 2

@@ -269,3 +269,13 @@ def test_queue_commands_fail_in_one_line_when_the_queue_is_off_or_no_swarm(make_
     swarm.start()
     for args in (["send", "Agent-1", "x"], ["queue", "stats", "--json"]):
         one_line_error(swarm.cli(*args, check=False), "the queue service is disabled")
+
+
+def test_tables_never_print_control_characters(capsys):
+    from actors.queue.commands import print_dlq
+
+    print_dlq({"messages": [{"id": "d1", "recipient": "old\x00name", "attempts": 5,
+                             "dead_at": 0, "last_error": "boom\nd2   forged row\x1b[2J"}],
+               "offset": 0, "total": 1})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "old?name" in lines[1] and "boom?d2   forged row?[2J" in lines[1]

@@ -198,6 +198,12 @@ def decode_payloads(messages: list[dict]) -> list[dict]:
     return out
 
 
+def _shown(text: str) -> str:
+    """``text`` safe to print in a table: a control character (a newline in a consumer's
+    nack error, an escape sequence) becomes ``?`` instead of forging lines or colours."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _num(value, unit: str = "") -> str:
     return "-" if value is None else f"{value:g}{unit}"
 
@@ -224,7 +230,7 @@ def print_stats(s: dict) -> None:
         print(f"inbox:    delivered {inbox['delivered']}, failed {inbox['failed']}")
     if s["ready_by_recipient"]:
         print("ready by recipient: " + ", ".join(
-            f"{r} {n}" for r, n in s["ready_by_recipient"].items()))
+            f"{_shown(r)} {n}" for r, n in s["ready_by_recipient"].items()))
 
 
 def print_dlq(reply: dict) -> None:
@@ -236,7 +242,7 @@ def print_dlq(reply: dict) -> None:
     print(f"{'ID':<28} {'RECIPIENT':<16} {'TRIES':>5}  {'DIED':<19}  ERROR")
     for m in msgs:
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("dead_at") or 0))
-        print(f"{m['id']:<28} {m['recipient']:<16} {m['attempts']:>5}  {died:<19}  "
-              f"{(m.get('last_error') or '')[:80]}")
+        print(f"{m['id']:<28} {_shown(m['recipient']):<16} {m['attempts']:>5}  {died:<19}  "
+              f"{_shown((m.get('last_error') or '')[:80])}")
     if total > offset + len(msgs):
         print(f"({len(msgs)} of {total} shown from {offset}; more: --offset {offset + len(msgs)})")

@@ -187,6 +187,51 @@ def test_a_restarted_subscriber_gets_what_its_old_self_held_at_once(make_swarm):
     assert len(subs) == 1 and subs[0]["in_flight"] == 3
 
 
+def test_subscriptions_not_renewed_expire():
+    subs = core.Subscriptions("inc")
+    quiet, _ = subs.subscribe("a1", "tcp:a1", "quiet", None, 10, 10, 30.0, now=100.0)
+    busy, _ = subs.subscribe("a2", "tcp:a2", "busy", None, 10, 10, 30.0, now=100.0)
+    assert subs.expire(150.0, 60) == []
+    assert subs.subscribe("a2", "tcp:a2", "busy", None, 10, 10, 30.0, now=150.0)[0] is busy
+    assert subs.expire(161.0, 60) == [quiet] and list(subs.subs.values()) == [busy]
+
+
+def test_a_vanished_subscriber_of_a_quiet_recipient_is_dropped_and_releases_its_leases(
+        make_swarm):
+    """Nothing tells the queue that a subscriber is gone while its recipient is quiet (no
+    lease to expire): subscriptions that are not renewed expire; what they held goes out again
+    at once instead of at the end of a 30 s lease."""
+    swarm = make_swarm({"services": {"queue": {"enabled": True, "subscription_ttl_s": 1.5}}})
+    swarm.start()
+    queue = protocol.address_from_wire(
+        AdminClient(swarm.config).call(protocol.ADMIN_LOOKUP, {"name": "queue"})["addr"])
+    with connect(swarm.config).private() as ctx:
+        for target in ({"topic": "nobody-*"}, {"recipient": "held"}):
+            ok = protocol.decode(ctx.ask(queue, protocol.QUEUE_SUBSCRIBE.encode(
+                {**target, "visibility_s": 30}), 5))
+            assert ok.t == "ok", ok
+        enqueue(swarm, [text("held", "x", id="held-1")])
+        got = protocol.decode(ctx.listen(5))
+        assert got.t == "queue.deliver" and [m["id"] for m in got.b["messages"]] == ["held-1"]
+    assert len(stats(swarm)["subscriptions"]) == 2  # the client is gone; nobody renews
+    wait(lambda: stats(swarm)["subscriptions"] == [], timeout=6, what="subscriptions expired")
+    leased = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "held"}).b["messages"]
+    assert [(m["id"], m["attempts"]) for m in leased] == [("held-1", 2)]  # released, not lost
+    log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    assert log.count("not renewed for 1.5s") == 2
+
+
+def test_dead_letters_expire_after_their_retention(make_swarm):
+    swarm = make_swarm({"agents": {"names": ["Agent-1"]}, "services": {"queue": {
+        "enabled": True, "dead_retention_s": 1, "purge_interval_s": 0.5}}})
+    swarm.start()
+    enqueue(swarm, [text("Agent-404", "nobody home", id="gone-1")])
+    wait(lambda: stats(swarm)["depth"]["dead"] == 1, what="dead-lettered")
+    wait(lambda: stats(swarm)["depth"]["dead"] == 0, timeout=5, what="expired")
+    log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    assert '"event": "dead_letters_expired"' in log and "deleted 1 dead letters" in log
+
+
 def test_release_leases_returns_an_owners_leases_at_their_old_position(tmp_path):
     with QueueStore(tmp_path / "q.db", default_max_attempts=2) as store:
         store.enqueue([{"recipient": "a", "payload": b"\xc0", "id": f"m{i}"} for i in range(3)])

@@ -363,7 +363,7 @@ def test_stats_after_scripted_sequence(store, clock):
     assert st["oldest_ready_age_s"] == 15.0          # b1, available since T0
     assert st["totals"] == {"enqueued": 5, "duplicates": 1, "rejected": 1, "leased": 2,
                             "acked": 1, "nacked": 1, "retried": 0, "dead": 1, "expired": 0,
-                            "requeued": 0, "purged": 0}
+                            "requeued": 0, "purged": 0, "dead_expired": 0}
     store.purge("ready", recipient="bob")
     assert store.stats()["oldest_ready_age_s"] == 5.0  # c1
     store.purge("ready")
@@ -654,3 +654,33 @@ def test_locked_database_fails_a_single_item_enqueue_transiently(db, clock):
     assert store.counted() == store.recount() == {}
     assert len(store.enqueue([msg()]).accepted) == 1 and store.recount()
     store.close()
+
+
+def test_dead_letters_of_many_recipients_are_counted_by_priority_only(store, db):
+    """Unknown agents can have any name: a counter per dead (recipient, priority) grew with
+    every new name and was scanned by every lease and tick. Dead letters are counted per
+    priority; ready and leased stay per recipient."""
+    store.enqueue([msg(f"ghost-{i}", priority="high" if i % 2 else "low") for i in range(500)]
+                  + [msg("alice")])
+    for leased in (store.lease(f"ghost-{i}", 1, "c", 30) for i in range(500)):
+        store.nack([m.id for m in leased], "nobody home", retry=False)
+    assert store.counted() == store.recount() == {
+        ("dead", "*", "high"): 250, ("dead", "*", "low"): 250, ("ready", "alice", "normal"): 1}
+    assert store.ready_counts() == {"alice": 1}
+    assert store.stats()["depth"] == {"ready": 1, "leased": 0, "dead": 500, "total": 501}
+    assert store.requeue(None) == 500  # and back: counted per recipient again
+    assert store.ready_counts()["ghost-7"] == 1 and store.counted() == store.recount()
+    with QueueStore(db) as reopened:  # counted from the table the same way
+        assert reopened.counted() == store.counted()
+
+
+def test_dead_letters_past_their_retention_are_deleted(store, clock):
+    store.enqueue([msg(id="old-1"), msg(id="old-2"), msg(id="young")])
+    store.nack([m.id for m in store.lease("alice", 2, "c", 30)], "boom", retry=False)
+    clock.advance(100)
+    store.nack([m.id for m in store.lease("alice", 1, "c", 30)], "boom", retry=False)
+    clock.advance(50)
+    assert store.purge_dead(older_than_s=120, chunk=1) == 2  # several chunks
+    assert [m.id for m in store.dead_letters()] == ["young"]
+    assert store.counted() == store.recount() and store.totals()["dead_expired"] == 2
+    assert store.purge_dead(older_than_s=120) == 0

@@ -258,6 +258,7 @@ class Subscription:
     idle_expiries: int = 0    # lease expiries since the last ack: a gone subscriber
     consumer: str | None = None  # the consumer's name (stable across its restarts)
     turn: int = 0             # rounds over several recipients (a topic): who goes first
+    renewed_at: float = 0.0   # monotonic time of its last subscribe (see Subscriptions.expire)
 
     @property
     def owner(self) -> str:
@@ -286,7 +287,8 @@ class Subscriptions:
 
     def subscribe(self, addr: Any, addr_key: str, recipient: str | None, topic: str | None,
                   max_in_flight: int, batch: int, visibility_s: float,
-                  consumer: str | None = None) -> tuple[Subscription, list[Subscription]]:
+                  consumer: str | None = None, now: float = 0.0,
+                  ) -> tuple[Subscription, list[Subscription]]:
         """(the subscription, the subscriptions it replaces). ``consumer`` names the consumer
         across restarts: its subscription from another (older) address to the same target is
         replaced, so a restarted consumer does not leave a dead one taking batches."""
@@ -297,13 +299,22 @@ class Subscriptions:
         for sub in self.subs.values():
             if (sub.addr_key, sub.recipient, sub.topic) == (addr_key, recipient, topic):
                 sub.addr, sub.max_in_flight, sub.batch = addr, max_in_flight, batch
-                sub.visibility_s, sub.consumer = visibility_s, consumer
+                sub.visibility_s, sub.consumer, sub.renewed_at = visibility_s, consumer, now
                 return sub, replaced
         self._n += 1
         sub = Subscription(f"{self.incarnation}.{self._n}", addr, addr_key, recipient, topic,
-                           max_in_flight, batch, visibility_s, consumer=consumer)
+                           max_in_flight, batch, visibility_s, consumer=consumer, renewed_at=now)
         self.subs[sub.id] = sub
         return sub, replaced
+
+    def expire(self, now: float, ttl_s: float) -> list[Subscription]:
+        """Drop and return the subscriptions not renewed within ``ttl_s``. Thespian drops a
+        message to a dead actor silently and a quiet recipient sends nothing, so renewal is
+        the only sign of life a subscriber that receives nothing can give."""
+        gone = [s for s in self.subs.values() if now - s.renewed_at > ttl_s]
+        for sub in gone:
+            del self.subs[sub.id]
+        return gone
 
     def remove(self, addr_key: str, sub_id: str | None = None) -> list[Subscription]:
         gone = [s for s in self.subs.values()

@@ -113,10 +113,12 @@ class QueueService(ServiceActor):
         self.max_depth = int(cfg.get("max_depth_warn", 100_000))
         self.max_age_s = float(cfg.get("max_age_warn_s", 600))
         self.retention_s = float(cfg.get("acked_retention_s", 86_400))
+        self.dead_retention_s = float(cfg.get("dead_retention_s", 30 * 86_400))
         self.purge_every_s = float(cfg.get("purge_interval_s", 60))
         self.probe_every_s = float(cfg.get("write_probe_s", 10))
         self.fail_after = int(cfg.get("storage_errors_failing", 3))
         self.idle_expiries_max = int(cfg.get("subscriber_idle_expiries", 3))
+        self.sub_ttl_s = float(cfg.get("subscription_ttl_s", 60))
         self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)),
                                       active_s=max(0.02, 10 * self.group_commit_s))
         retry_base = float(cfg.get("retry_base_s", 1.0))
@@ -225,9 +227,18 @@ class QueueService(ServiceActor):
                     self.subs.remove(sub.addr_key, sub.id)
                     self.log("warning", "subscriber_gone", f"dropped subscription {sub.id} of "
                              f"{sub.addr_key}: {sub.idle_expiries} lease expiries without an ack")
+        for sub in self.subs.expire(time.monotonic(), self.sub_ttl_s):
+            released = self._db(self.store.release_leases, sub.owner)
+            self.log("warning", "subscriber_gone", f"dropped subscription {sub.id} of "
+                     f"{sub.addr_key}: not renewed for {self.sub_ttl_s:g}s; released "
+                     f"{released} leases")
         if time.monotonic() - self.last_purge >= self.purge_every_s:
             self.last_purge = time.monotonic()
             self._db(self.store.purge_acked, self.retention_s)
+            if self.dead_retention_s > 0 and (
+                    n := self._db(self.store.purge_dead, self.dead_retention_s)):
+                self.log("info", "dead_letters_expired", f"deleted {n} dead letters older than "
+                         f"dead_retention_s ({self.dead_retention_s:g}s)")
         self._pump()
 
     def _probe_write(self) -> None:
@@ -454,7 +465,7 @@ class QueueService(ServiceActor):
         consumer = _arg(b, "consumer", str, None)
         sub, replaced = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient,
                                             topic, limit, min(batch, self.batch_max), float(vis),
-                                            consumer)
+                                            consumer, time.monotonic())
         for old in replaced:  # that consumer restarted: what its old self held goes out again
             try:
                 released = self._db(self.store.release_leases, old.owner)

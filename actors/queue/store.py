@@ -67,10 +67,23 @@ from system.errors import ConfigError, TransientError
 __all__ = ["LEASE_ONE_SQL", "READY_SIZED_SQL", "SCHEMA_VERSION", "QueueStore"]
 
 READY, LEASED, DEAD = State.READY, State.LEASED, State.DEAD
+ALL_RECIPIENTS = "*"
+
+
+def _no_depths() -> dict[int, Counter[tuple[str, int]]]:
+    return {READY: Counter(), LEASED: Counter(), DEAD: Counter()}
+
+
+def _depth_key(state: int, recipient: str, priority: int) -> tuple[str, int]:
+    """The in-memory depth counters: (recipient, priority) per state, except dead letters,
+    counted by priority only: they pile up under any number of recipient names (unknown
+    agents), and nothing needs their count per recipient. The hot paths (a lease, each tick's
+    expiry check) read the ready and leased counters, which never hold dead entries."""
+    return (ALL_RECIPIENTS, priority) if state == DEAD else (recipient, priority)
 _PURGE_STATES = {"ready": (READY,), "leased": (LEASED,), "dead": (DEAD,),
                  "all": (READY, LEASED, DEAD)}
 _TOTALS = ("enqueued", "duplicates", "rejected", "leased", "acked", "nacked", "retried", "dead",
-           "expired", "requeued", "purged")
+           "expired", "requeued", "purged", "dead_expired")
 _RCPT_PRIO_OF_ROW = itemgetter(1, 4)  # rows as INSERT_SQL / COLS: id, recipient, ..., priority
 _RCPT_PRIO_OF_LEASED = itemgetter(2, 3)  # rows RETURNING rowid, id, recipient, priority, ...
 _LEASE_ORDER = itemgetter(4, 0)      # available_at, rowid (RETURNING order is unspecified)
@@ -96,7 +109,7 @@ class QueueStore:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.remember_acked = remember_acked
-        self._depth: Counter[tuple[int, str, int]] = Counter()
+        self._depth: dict[int, Counter[tuple[str, int]]] = _no_depths()
         self._totals: Counter[str] = Counter()
         self._fresh = FreshRows()
         try:
@@ -122,12 +135,13 @@ class QueueStore:
 
     def _apply(self, tx: Transaction) -> None:
         depth = self._depth
-        for key, n in tx.depth.items():
+        for (state, rcpt, prio), n in tx.depth.items():
             if n:
-                if total := depth[key] + n:
-                    depth[key] = total
+                counts, key = depth[state], _depth_key(state, rcpt, prio)
+                if total := counts[key] + n:
+                    counts[key] = total
                 else:
-                    del depth[key]
+                    del counts[key]
         totals = self._totals
         for key, n in tx.totals.items():
             totals[key] += n
@@ -220,9 +234,8 @@ class QueueStore:
         anything is leased, and leasing stops at the first message that does not fit, except
         a first message, which comes alone however large."""
         ready: dict[str, list[int]] = {}  # recipient -> priorities with ready rows
-        for (state, rcpt, prio), c in self._depth.items():
-            if state == READY and c > 0:
-                ready.setdefault(rcpt, []).append(prio)
+        for rcpt, prio in self._depth[READY]:
+            ready.setdefault(rcpt, []).append(prio)
         work, asked = [], 0  # (recipient, how many in all up to it, its priorities)
         for rcpt, n in wants:
             asked += n
@@ -321,7 +334,7 @@ class QueueStore:
         """Leases past ``lease_expires_at`` become ready again at their old queue position
         (attempt already counted), or dead with "lease expired" if it was the last attempt.
         Uses ``ix_leased``; no query at all while nothing is leased. Returns the count."""
-        if not any(n for (state, _, _), n in self._depth.items() if state == LEASED):
+        if not self._depth[LEASED]:
             return 0
         return self._end_leases("lease_expires_at < :now", {}, "lease expired")
 
@@ -403,6 +416,22 @@ class QueueStore:
                                      (self._clock() - older_than_s,))
             return cur.rowcount
 
+    def purge_dead(self, older_than_s: float, chunk: int = 10_000) -> int:
+        """Delete dead letters that died more than ``older_than_s`` ago (their retention), in
+        transactions of ``chunk`` rows (``ix_dead`` finds them oldest first)."""
+        total, cutoff = 0, self._clock() - older_than_s
+        while True:
+            with self._tx() as tx:
+                rows = self._conn.execute(
+                    "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE "
+                    "state = 2 AND dead_at < ? ORDER BY dead_at LIMIT ?) "
+                    "RETURNING recipient, priority", (cutoff, chunk)).fetchall()
+                tx.move(rows, DEAD, None)
+                tx.totals.update(dead_expired=len(rows))
+            total += len(rows)
+            if len(rows) < chunk:
+                return total
+
     def get(self, msg_id: str) -> Message | None:
         """One message by id in any state (None if absent or acked)."""
         with self._read() as conn:
@@ -414,13 +443,12 @@ class QueueStore:
     def ready_counts(self) -> dict[str, int]:
         """Ready messages per recipient (delayed ones included), by recipient name."""
         counts: Counter[str] = Counter()
-        for (state, rcpt, _), n in self._depth.items():
-            if state == READY and n > 0:
-                counts[rcpt] += n
+        for (rcpt, _), n in self._depth[READY].items():
+            counts[rcpt] += n
         return dict(sorted(counts.items()))
 
     def _busy(self) -> set[str]:
-        return {r for (s, r, _), n in self._depth.items() if s == READY and n > 0}
+        return {r for r, _ in self._depth[READY]}
 
     def next_available_at(self) -> float | None:
         """Earliest ``available_at`` of any ready message (to schedule a wake-up), or None:
@@ -428,8 +456,7 @@ class QueueStore:
         sql = ("SELECT MIN(available_at) FROM messages WHERE state = 0 AND recipient = ? "
                "AND priority = ?")
         with self._read() as conn:
-            times = [conn.execute(sql, (rcpt, prio)).fetchone()[0]
-                     for (state, rcpt, prio), n in self._depth.items() if state == READY and n]
+            times = [conn.execute(sql, key).fetchone()[0] for key in self._depth[READY]]
         return min((t for t in times if t is not None), default=None)
 
     def next_lease_expiry(self) -> float | None:
@@ -447,27 +474,27 @@ class QueueStore:
         with ready messages; no table scan."""
         by_state = {s.label: 0 for s in State}
         by_prio = {s.label: {p.label: 0 for p in Priority} for s in State}
-        ready_by_rcpt: Counter[str] = Counter()
-        for (state, rcpt, prio), n in self._depth.items():
-            if n:
+        for state, counts in self._depth.items():
+            for (_, prio), n in counts.items():
                 by_state[State(state).label] += n
                 by_prio[State(state).label][Priority(prio).label] += n
-                if state == READY:
-                    ready_by_rcpt[rcpt] += n
         nxt = self.next_available_at()
         now = self._clock()
         return {
             "depth": {**by_state, "total": sum(by_state.values())},
             "by_priority": by_prio,
-            "ready_by_recipient": dict(sorted(ready_by_rcpt.items())),
+            "ready_by_recipient": self.ready_counts(),
             "oldest_ready_age_s": max(now - nxt, 0.0) if nxt is not None else 0.0,
             "totals": self.totals(),
         }
 
-    def _count_rows(self) -> Counter[tuple[int, str, int]]:
+    def _count_rows(self) -> dict[int, Counter[tuple[str, int]]]:
+        depth = _no_depths()
         with self._read() as conn:
-            return Counter({(s, r, p): n for s, r, p, n in conn.execute(
-                "SELECT state, recipient, priority, COUNT(*) FROM messages GROUP BY 1, 2, 3")})
+            for s, r, p, n in conn.execute(
+                    "SELECT state, recipient, priority, COUNT(*) FROM messages GROUP BY 1, 2, 3"):
+                depth[s][_depth_key(s, r, p)] += n
+        return depth
 
     def resync(self) -> None:
         """Reload the depth counters with a full COUNT (done at open; needed only if another
@@ -477,10 +504,13 @@ class QueueStore:
 
     def recount(self) -> dict[tuple[str, str, str], int]:
         """Exact depths by COUNT(*), keyed (state, recipient, priority) (diagnostics)."""
-        return {(State(s).label, r, Priority(p).label): n
-                for (s, r, p), n in self._count_rows().items()}
+        return self._labelled(self._count_rows())
 
     def counted(self) -> dict[tuple[str, str, str], int]:
         """The in-memory counters in the shape of :meth:`recount`."""
+        return self._labelled(self._depth)
+
+    @staticmethod
+    def _labelled(depth: dict[int, Counter[tuple[str, int]]]) -> dict[tuple[str, str, str], int]:
         return {(State(s).label, r, Priority(p).label): n
-                for (s, r, p), n in self._depth.items() if n}
+                for s, counts in depth.items() for (r, p), n in counts.items() if n}

@@ -40,10 +40,11 @@ class AdminClient:
              timeout: float | None = None) -> dict:
         """Send one admin request and return the reply body.
 
-        A request is sent again only where it cannot have run: to a new admin (the old one
-        is gone), or after an answer saying it did not run (``not_ready``). An admin that is
-        merely slow (a purge of many rows) is waited for, not asked twice: a second send,
-        purge or restart would run again and report on the second run."""
+        A request is sent again only to a new admin (the old one is gone: it may have got as
+        far as forwarding it, rarely) or after an answer saying it did not run
+        (``not_ready``). An admin that is merely slow (a purge of many rows) is waited for,
+        not asked twice: a second send, purge or restart would run again and report on the
+        second run."""
         deadline = time.monotonic() + (timeout or self.timeout)
         mid = protocol.new_id()
         data, sent_to = mtype.encode(body, id=mid), None
@@ -63,6 +64,9 @@ class AdminClient:
                     return self._ask(self._admin, data if resend else None, mid, mtype.name,
                                      deadline)
                 except AdminError as exc:
+                    if exc.code == "slow" and time.monotonic() > deadline:
+                        raise AdminError("timeout", f"no answer to {mtype.name} within the "
+                                         "timeout") from None
                     if exc.code not in _RETRYABLE or time.monotonic() > deadline:
                         raise
                     if asked and exc.code != "slow":

@@ -214,8 +214,8 @@ def cmd_send(args) -> int:
                                  items, rejected, int(cfg.get("services.queue.batch_max", 500)))
         _emit(args, report, qc.print_send_report)
         queued = set(report["ids"])
-        for rcpt in sorted({i["recipient"] for _, i in items
-                            if isinstance(i["id"], str) and i["id"] in queued}):
+        for rcpt in sorted({r for _, i in items if isinstance(i["id"], str) and i["id"] in queued
+                            and isinstance(r := i.get("recipient"), str)}):
             if note := qc.recipient_note(rcpt, agents):
                 print(f"swarm: {note}", file=sys.stderr)
         return 1 if report["rejected"] or report["unsent"] else 0

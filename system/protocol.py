@@ -182,7 +182,8 @@ QUEUE_NACK = define(
 QUEUE_SUBSCRIBE = define(
     "queue.subscribe", "Push: deliver messages of recipient (or topic, a glob over recipients) "
     "to the sender, at most max_in_flight unacked; idempotent; consumer: a name that replaces "
-    "the same consumer's subscription from an older address. ok: sub, incarnation.")
+    "the same consumer's subscription from an older address; dropped unless repeated within "
+    "ttl_s. ok: sub, incarnation, max_in_flight, ttl_s.")
 QUEUE_UNSUBSCRIBE = define("queue.unsubscribe", "Drop the sender's subscriptions (or sub).")
 QUEUE_DELIVER = define("queue.deliver", "A pushed batch: sub, incarnation, messages.",
                        sub=str, messages=list)

@@ -11,7 +11,7 @@ import pytest
 
 from actors.queue.commands import parse_jsonl, read_lines, send_batches
 from system import protocol
-from system.admin import AdminClient
+from system.admin import AdminClient, AdminError
 from system.cli import build_parser
 from system.launcher import connect
 from tests.conftest import ROOT, Swarm
@@ -50,6 +50,10 @@ def test_file_lines_that_cannot_be_sent_are_rejected_alone(tmp_path):
     assert [n for n, _ in items] == [1, 2, 6]
     assert [(n, r.split(":")[0]) for n, r in rejected] == [
         (3, "not valid UTF-8"), (4, "cannot be sent"), (5, "cannot be sent")]
+    # a line no request can carry is rejected here (the admin could not even answer it)
+    items, rejected = parse_jsonl(['{"recipient": "a", "text": "%s"}' % ("x" * (9 << 20)),
+                                   '{"recipient": "a", "text": "next"}'])
+    assert [n for n, _ in items] == [2] and "larger than any message" in rejected[0][1]
 
 
 def test_batches_are_capped_by_bytes_and_a_failed_batch_reports_what_was_not_sent():
@@ -61,15 +65,21 @@ def test_batches_are_capped_by_bytes_and_a_failed_batch_reports_what_was_not_sen
         nonlocal calls
         calls += 1
         if calls == 3:
-            raise ConnectionError("no answer within the timeout")
+            raise AdminError("timeout", "no answer within the timeout")
         sizes.append(sum(len(i["payload"]) for i in batch))
         ids = [i["id"] for i in batch]
         return {"accepted": ids, "duplicates": [], "rejected": [], "ids": ids}
     report = send_batches(queue, big, [], batch_max=500, max_bytes=4_000_000)
     assert len(sizes) == 2 and max(sizes) <= 4_000_000  # 9 items each, not 30 in one
     assert report["accepted"] == 18 and report["ids"] == [f"b{n}" for n in range(1, 19)]
-    assert report["unsent"] == {"reason": "no answer within the timeout", "first_line": 19,
-                                "lines": 12}
+    maybe = [{"line": n, "id": f"b{n}"} for n in range(19, 28)]  # the batch with no answer
+    assert report["unsent"] == {"reason": "no answer within the timeout (timeout)",
+                                "first_line": 19, "lines": 12, "uncertain": maybe}
+
+    def refused(batch):
+        raise ConnectionError("connection refused")
+    unsent = send_batches(refused, big, [], batch_max=500, max_bytes=4_000_000)["unsent"]
+    assert unsent["lines"] == 30 and "uncertain" not in unsent  # surely not queued
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +187,11 @@ def test_send_file_reports_counts_and_line_numbers(cs):
     report = json.loads(cs.cli("send", "--file", str(path), "--json", check=False).stdout)
     assert (report["accepted"], report["duplicates"], report["rejected"]) == (2, 3, 5)
     assert [d["line"] for d in report["duplicate_lines"]] == [1, 4, 5]
+    same = cs.dir / "same-id.jsonl"  # a rejected line that shares an accepted line's id
+    same.write_text('{"recipient": "pending", "text": "x", "id": "same-1"}\n'
+                    '{"text": "no recipient", "id": "same-1"}\n')
+    proc = cs.cli("send", "--file", str(same), check=False)
+    assert proc.returncode == 1 and "internal error" not in proc.stderr, proc.stderr
     good = cs.dir / "good.jsonl"
     good.write_text('{"recipient": "pending", "text": "a"}\n' * 7)
     assert cs.cli("send", "--file", str(good)).stdout.strip() == (

@@ -94,6 +94,59 @@ def test_in_flight_tracks_owners_holders_expiry_and_latency_sources():
     assert f.per_owner() == {"pull:b": 1, "sub:c": 1, "team": 2}
     assert f.pop(["2", "3", "4", "5", "nope"]) == [100.0] * 4 and f.per_owner() == {}
     assert not f.count  # owners with nothing in flight are forgotten, not kept at 0
+    f.add("sub:d", [_msg("6", 50), _msg("7", 50)], "tcp:d")
+    f.add("sub:e", [_msg("8", 50)], "tcp:e")
+    f.forget_owner("sub:d")  # a dropped subscription: its leases were released
+    assert f.per_owner() == {"sub:e": 1} and set(f.by_id) == {"8"}
+
+
+def test_a_retention_backlog_is_deleted_one_batch_per_tick():
+    """Months of dead letters reaching retention at once took seconds in one tick: the actor
+    missed its health pings and was killed, again and again."""
+    from actors.queue.model import PURGE_LIMIT
+
+    svc = QueueService()
+    svc.retention_s, svc.dead_retention_s, svc.purge_every_s = 86_400.0, 86_400.0, 60.0
+    left = {"acked": PURGE_LIMIT + 5, "dead": 2 * PURGE_LIMIT + 3}
+    logged = []
+
+    class Store:
+        def _take(self, kind, limit):
+            n = min(left[kind], limit)
+            left[kind] -= n
+            return n
+
+        def purge_acked(self, older_than_s, limit):
+            return self._take("acked", limit)
+
+        def purge_dead(self, older_than_s, limit):
+            return self._take("dead", limit)
+
+    svc.store = Store()
+    svc.log = lambda level, event, text, **kw: logged.append(text)
+    rounds = 0
+    while True:
+        svc._purge_retained()
+        rounds += 1
+        if not svc.purge_more:
+            break
+    assert rounds == 3 and left == {"acked": 0, "dead": 0}
+    assert logged == [f"deleted {2 * PURGE_LIMIT + 3} dead letters older than "
+                      + "dead_retention_s (1 days)"]
+
+
+def test_a_consumer_renews_at_least_three_times_per_subscription_ttl(monkeypatch):
+    from actors.queue.client import QueueConsumer
+
+    consumer, looked_up = QueueConsumer(), []
+    consumer._queue_lookup = lambda: looked_up.append(1)
+    consumer.queue_subscribe = None  # not used: the spec is set by hand
+    consumer._queue_spec, consumer._queue_subscribed_at = {"recipient": "r"}, time.monotonic() - 1.2
+    consumer.queue_keepalive()
+    assert looked_up == []  # default: every queue_resubscribe_s (5 s)
+    consumer._queue_ttl_s = 3.0  # as the subscribe reply said
+    consumer.queue_keepalive()
+    assert looked_up == [1]
 
 
 def test_allocate_shares_a_round_fairly_and_rotates_who_goes_first():
@@ -151,17 +204,18 @@ def test_rates_latency_and_health():
 
 def test_subscriptions_are_idempotent_per_address_and_target():
     subs = core.Subscriptions("inc")
-    a, _ = subs.subscribe("A", "tcp:a", "work", None, 5, 10, 30.0)
-    again, replaced = subs.subscribe("A", "tcp:a", "work", None, 7, 10, 30.0)
+    a, _ = subs.subscribe("A", "tcp:a", "work", None, 5, 10, 30.0, now=0.0)
+    again, replaced = subs.subscribe("A", "tcp:a", "work", None, 7, 10, 30.0, now=0.0)
     assert again is a and a.max_in_flight == 7 and replaced == []
-    b, _ = subs.subscribe("B", "tcp:b", None, "disc*", 5, 10, 30.0)
+    b, _ = subs.subscribe("B", "tcp:b", None, "disc*", 5, 10, 30.0, now=0.0)
     assert b.matches("discord") and not b.matches("work") and a.matches("work")
     assert subs.by_owner(b.owner) is b
     assert [s.id for s in subs.remove("tcp:a")] == [a.id] and list(subs.subs) == [b.id]
     # a named consumer that comes back from a new address replaces its old subscription
-    w1, _ = subs.subscribe("W1", "tcp:w1", "work", None, 5, 10, 30.0, consumer="worker")
-    other, _ = subs.subscribe("X", "tcp:x", "work", None, 5, 10, 30.0, consumer="other")
-    w2, replaced = subs.subscribe("W2", "tcp:w2", "work", None, 5, 10, 30.0, consumer="worker")
+    w1, _ = subs.subscribe("W1", "tcp:w1", "work", None, 5, 10, 30.0, consumer="worker", now=0.0)
+    other, _ = subs.subscribe("X", "tcp:x", "work", None, 5, 10, 30.0, consumer="other", now=0.0)
+    w2, replaced = subs.subscribe("W2", "tcp:w2", "work", None, 5, 10, 30.0, consumer="worker",
+                                  now=0.0)
     assert replaced == [w1] and w2.id != w1.id and set(subs.subs) == {b.id, other.id, w2.id}
     route = core.InboxRoute(True, ["alice"], "Agent-*")
     assert route("alice") and route("Agent-9") and not route("bob")
@@ -201,7 +255,7 @@ def test_a_vanished_subscriber_of_a_quiet_recipient_is_dropped_and_releases_its_
     """Nothing tells the queue that a subscriber is gone while its recipient is quiet (no
     lease to expire): subscriptions that are not renewed expire; what they held goes out again
     at once instead of at the end of a 30 s lease."""
-    swarm = make_swarm({"services": {"queue": {"enabled": True, "subscription_ttl_s": 1.5}}})
+    swarm = make_swarm({"services": {"queue": {"enabled": True, "subscription_ttl_s": 3}}})
     swarm.start()
     queue = protocol.address_from_wire(
         AdminClient(swarm.config).call(protocol.ADMIN_LOOKUP, {"name": "queue"})["addr"])
@@ -214,11 +268,11 @@ def test_a_vanished_subscriber_of_a_quiet_recipient_is_dropped_and_releases_its_
         got = protocol.decode(ctx.listen(5))
         assert got.t == "queue.deliver" and [m["id"] for m in got.b["messages"]] == ["held-1"]
     assert len(stats(swarm)["subscriptions"]) == 2  # the client is gone; nobody renews
-    wait(lambda: stats(swarm)["subscriptions"] == [], timeout=6, what="subscriptions expired")
+    wait(lambda: stats(swarm)["subscriptions"] == [], timeout=8, what="subscriptions expired")
     leased = ask(swarm, protocol.QUEUE_LEASE, {"recipient": "held"}).b["messages"]
     assert [(m["id"], m["attempts"]) for m in leased] == [("held-1", 2)]  # released, not lost
     log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
-    assert log.count("not renewed for 1.5s") == 2
+    assert log.count("not renewed for 3s") == 2
 
 
 def test_dead_letters_expire_after_their_retention(make_swarm):

@@ -16,8 +16,10 @@
 
 Subscriptions live in the queue's memory only; ``queue_keepalive()`` (call it from
 ``on_tick``) finds the queue through the registry and subscribes again every
-``queue_resubscribe_s`` (subscribing is idempotent), so a restarted queue gets its subscribers
-back within that period. Deliveries can arrive before the subscribe reply.
+``queue_resubscribe_s`` (subscribing is idempotent), or a third of the subscription's
+``ttl_s`` if that is shorter (the queue drops subscriptions not renewed within it), so a
+restarted queue gets its subscribers back within that period. Deliveries can arrive before
+the subscribe reply.
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ class QueueConsumer:
 
     def queue_keepalive(self) -> None:
         spec = getattr(self, "_queue_spec", None)
-        if spec and time.monotonic() - self._queue_subscribed_at >= self.queue_resubscribe_s:
+        every = min(self.queue_resubscribe_s, getattr(self, "_queue_ttl_s", 60.0) / 3)
+        if spec and time.monotonic() - self._queue_subscribed_at >= every:
             self._queue_subscribed_at = time.monotonic()
             self._queue_lookup()
 
@@ -69,6 +72,7 @@ class QueueConsumer:
                 self.log("warning", "subscribe_failed", reply.b.get("detail", ""))
             return
         self.queue_sub = reply.b["sub"]
+        self._queue_ttl_s = float(reply.b.get("ttl_s") or 60.0)
 
     @handles(protocol.QUEUE_DELIVER)
     def _queue_deliver(self, env, sender) -> None:

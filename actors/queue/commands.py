@@ -99,9 +99,12 @@ def parse_jsonl(lines: Iterable[str | None]) -> tuple[list[tuple[int, dict]],
         try:
             if "payload" in obj:
                 obj["payload"] = msgpack.packb(obj["payload"])
-            msgpack.packb(obj)
+            size = len(msgpack.packb(obj))
         except (OverflowError, UnicodeError, ValueError, TypeError) as exc:
             rejected.append((number, f"cannot be sent: {exc}"))
+            continue
+        if size > BATCH_BYTES:  # no request could carry it (and no queue accepts it)
+            rejected.append((number, f"{size} bytes: larger than any message may be"))
             continue
         items.append((number, obj))
     return items, rejected
@@ -109,8 +112,8 @@ def parse_jsonl(lines: Iterable[str | None]) -> tuple[list[tuple[int, dict]],
 
 def batches(items: list[tuple[int, dict]], batch_max: int,
             max_bytes: int = BATCH_BYTES) -> Iterator[list[tuple[int, dict]]]:
-    """Consecutive runs of at most ``batch_max`` items and ``max_bytes`` of encoded items (a
-    single larger item goes alone; the queue's own size limit then rejects it by its line)."""
+    """Consecutive runs of at most ``batch_max`` items and ``max_bytes`` of encoded items (an
+    item alone is never larger: :func:`parse_jsonl` rejects those)."""
     chunk, size = [], 0
     for entry in items:
         n = len(msgpack.packb(entry[1]))
@@ -127,8 +130,10 @@ def send_batches(call: Callable[[list[dict]], dict], items: list[tuple[int, dict
                  rejected: list[tuple[int, str]], batch_max: int,
                  max_bytes: int = BATCH_BYTES) -> dict:
     """Send items in batches and merge the replies into one report. If a batch fails (the
-    swarm went away, a timeout), sending stops there: the report says what was queued before
-    and lists every later line as not sent, with the reason (``unsent``)."""
+    swarm went away, a timeout), sending stops there: ``unsent`` says from which line on and
+    why; ``uncertain`` is set when that batch got no answer (a timeout), so it may have been
+    queued: its lines and the ids they were sent with, to check with the queue's stats or
+    to re-send as duplicates."""
     report = {"accepted": 0, "duplicates": 0, "rejected": 0, "ids": [],
               "duplicate_lines": [], "rejected_lines": [{"line": n, "reason": r}
                                                         for n, r in rejected],
@@ -141,6 +146,9 @@ def send_batches(call: Callable[[list[dict]], dict], items: list[tuple[int, dict
         except Exception as exc:  # noqa: BLE001 - reported, with the lines it concerns
             lines = [n for c in [chunk, *left] for n, _ in c]
             report["unsent"] = {"reason": str(exc), "first_line": lines[0], "lines": len(lines)}
+            if getattr(exc, "code", None) == "timeout":
+                report["unsent"]["uncertain"] = [{"line": n, "id": i.get("id")}
+                                                 for n, i in chunk]
             break
         accepted, dups = set(reply["accepted"]), list(reply["duplicates"])
         for index, reason in reply["rejected"]:
@@ -162,11 +170,11 @@ def send_batches(call: Callable[[list[dict]], dict], items: list[tuple[int, dict
 
 
 def recipient_note(recipient: str, agents: Iterable[str]) -> str | None:
-    """A warning when ``recipient`` is not an agent but looks like a mistyped one (case or
-    spaces): the queue keeps it for whichever consumer asks for that exact name."""
+    """A warning when ``recipient`` is not an agent but differs from one only in case: the
+    queue keeps it for whichever consumer asks for that exact name."""
     if recipient in agents:
         return None
-    near = [a for a in agents if a.casefold() == recipient.strip().casefold()]
+    near = [a for a in agents if a.casefold() == recipient.casefold()]
     if near:
         return (f"note: {recipient!r} is not an agent (did you mean {near[0]!r}?); it waits "
                 "for a consumer of that exact name")
@@ -179,6 +187,9 @@ def print_send_report(report: dict) -> None:
     if unsent := report.get("unsent"):
         print(f"not sent: {unsent['lines']} lines from line {unsent['first_line']} on "
               f"({unsent['reason']}); the lines before were handled as listed")
+        if maybe := unsent.get("uncertain"):
+            print(f"lines {maybe[0]['line']}-{maybe[-1]['line']} got no answer and may have been "
+                  f"queued: re-send them with the same ids to be sure (--json lists the ids)")
     for dup in report["duplicate_lines"]:
         print(f"line {dup['line']}: duplicate {dup['id']}")
     for bad in report["rejected_lines"]:
@@ -220,11 +231,12 @@ def print_stats(s: dict) -> None:
     lat = s["latency_ms"]
     print(f"latency enqueue->ack: p50 {_num(lat['p50'], ' ms')}, p95 {_num(lat['p95'], ' ms')}, "
           f"p99 {_num(lat['p99'], ' ms')} ({lat['samples']} samples)")
-    flight = ", ".join(f"{o} {n}" for o, n in s["in_flight"].items()) or "none"
+    flight = ", ".join(f"{_shown(o)} {n}" for o, n in s["in_flight"].items()) or "none"
     print(f"in flight: {flight}")
     for sub in s["subscriptions"]:
-        print(f"  subscription {sub['sub']} {sub['recipient'] or 'topic ' + sub['topic']} "
-              f"-> {sub['addr']}: {sub['in_flight']}/{sub['max_in_flight']}")
+        target = sub["recipient"] or "topic " + sub["topic"]
+        print(f"  subscription {sub['sub']} {_shown(target)} -> {_shown(sub['addr'])}: "
+              f"{sub['in_flight']}/{sub['max_in_flight']}")
     inbox = s["inbox"]
     if inbox["enabled"]:
         print(f"inbox:    delivered {inbox['delivered']}, failed {inbox['failed']}")

@@ -240,6 +240,12 @@ class InFlight:
             lost[owner] += 1
         return lost
 
+    def forget_owner(self, owner: str) -> None:
+        """Forget every lease of ``owner`` (its leases were released in the store)."""
+        for mid in [m for m, lease in self.by_id.items() if lease[0] == owner]:
+            del self.by_id[mid]
+        self.count.pop(owner, None)
+
     def per_owner(self) -> dict[str, int]:
         return {o: n for o, n in sorted(self.count.items()) if n > 0}
 
@@ -287,7 +293,7 @@ class Subscriptions:
 
     def subscribe(self, addr: Any, addr_key: str, recipient: str | None, topic: str | None,
                   max_in_flight: int, batch: int, visibility_s: float,
-                  consumer: str | None = None, now: float = 0.0,
+                  consumer: str | None = None, *, now: float,
                   ) -> tuple[Subscription, list[Subscription]]:
         """(the subscription, the subscriptions it replaces). ``consumer`` names the consumer
         across restarts: its subscription from another (older) address to the same target is

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from actors.queue import core
 from actors.queue.inbox import InboxSink
-from actors.queue.model import QueueRepository, fitting
+from actors.queue.model import PURGE_LIMIT, QueueRepository, fitting
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import ConfigError, PermanentError, TransientError, classify
@@ -99,6 +99,7 @@ class QueueService(ServiceActor):
         self.flush_timer = -1  # the group (GroupCommit.seq) whose window timer is running
         self.inbox_turn = self.pull_turn = 0  # who goes first in a round over recipients
         self.last_purge = time.monotonic()
+        self.purge_more, self.dead_expired = False, 0  # a retention backlog; its dead count
         self.inbox_cost_s = 0.001  # EWMA of one inbox file write
         self.inbox_done = self.inbox_failed = 0
 
@@ -228,18 +229,33 @@ class QueueService(ServiceActor):
                     self.log("warning", "subscriber_gone", f"dropped subscription {sub.id} of "
                              f"{sub.addr_key}: {sub.idle_expiries} lease expiries without an ack")
         for sub in self.subs.expire(time.monotonic(), self.sub_ttl_s):
-            released = self._db(self.store.release_leases, sub.owner)
             self.log("warning", "subscriber_gone", f"dropped subscription {sub.id} of "
                      f"{sub.addr_key}: not renewed for {self.sub_ttl_s:g}s; released "
-                     f"{released} leases")
-        if time.monotonic() - self.last_purge >= self.purge_every_s:
-            self.last_purge = time.monotonic()
-            self._db(self.store.purge_acked, self.retention_s)
-            if self.dead_retention_s > 0 and (
-                    n := self._db(self.store.purge_dead, self.dead_retention_s)):
-                self.log("info", "dead_letters_expired", f"deleted {n} dead letters older than "
-                         f"dead_retention_s ({self.dead_retention_s:g}s)")
+                     f"{self._release(sub)} leases")
+        if self.purge_more or time.monotonic() - self.last_purge >= self.purge_every_s:
+            self._purge_retained()
         self._pump()
+
+    def _release(self, sub: core.Subscription) -> int | str:
+        """Release the leases of a dropped subscription, so they go out again now."""
+        self.inflight.forget_owner(sub.owner)
+        try:
+            return self._db(self.store.release_leases, sub.owner)
+        except _STORAGE_ERRORS:
+            return "none of its"  # they come back at their lease expiry instead
+
+    def _purge_retained(self) -> None:
+        """Retention deletes, PURGE_LIMIT rows each: a backlog is worked off one batch per
+        tick (health pings are answered in between), then every purge_interval_s again."""
+        self.last_purge = time.monotonic()
+        acked = self._db(self.store.purge_acked, self.retention_s, PURGE_LIMIT)
+        dead = self._db(self.store.purge_dead, self.dead_retention_s, PURGE_LIMIT) \
+            if self.dead_retention_s > 0 else 0
+        self.purge_more, self.dead_expired = PURGE_LIMIT in (acked, dead), self.dead_expired + dead
+        if self.dead_expired and not self.purge_more:
+            self.log("info", "dead_letters_expired", f"deleted {self.dead_expired} dead letters "
+                     f"older than dead_retention_s ({self.dead_retention_s / 86_400:g} days)")
+            self.dead_expired = 0
 
     def _probe_write(self) -> None:
         self.last_probe = time.monotonic()
@@ -465,16 +481,13 @@ class QueueService(ServiceActor):
         consumer = _arg(b, "consumer", str, None)
         sub, replaced = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient,
                                             topic, limit, min(batch, self.batch_max), float(vis),
-                                            consumer, time.monotonic())
+                                            consumer, now=time.monotonic())
         for old in replaced:  # that consumer restarted: what its old self held goes out again
-            try:
-                released = self._db(self.store.release_leases, old.owner)
-            except _STORAGE_ERRORS:
-                released = "none of its"  # they expire instead; the subscribe still succeeds
             self.log("info", "subscriber_replaced", f"{consumer} subscribed again from a new "
-                     f"address: dropped subscription {old.id}, released {released} leases")
+                     f"address: dropped subscription {old.id}, released "
+                     f"{self._release(old)} leases")
         self.reply(sender, env, protocol.OK, {"sub": sub.id, "incarnation": self.incarnation,
-                                              "max_in_flight": limit})
+                                              "max_in_flight": limit, "ttl_s": self.sub_ttl_s})
         self._refill([sub])
 
     @handles(protocol.QUEUE_UNSUBSCRIBE)

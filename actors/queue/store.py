@@ -20,9 +20,12 @@ Design (see /work/shared/QUEUE_NOTES.md):
   bounded by ``purge_acked(older_than_s)``; pass ``remember_acked=False`` to skip it.
 * Partial indexes per state and the LIMIT pitfall (lease one priority at a time so that
   ``available_at <= now`` bounds the index range): see :mod:`actors.queue.schema`.
-* Depth counters per (state, recipient, priority) live in memory, are rebuilt by one
-  GROUP BY at open and updated only after a commit, so ``stats()`` and the "nothing ready"
-  fast path cost no query.
+* Depth counters per state and (recipient, priority) live in memory (dead letters per
+  priority only: see :func:`_depth_key`), are rebuilt by one GROUP BY at open and updated
+  only after a commit, so ``stats()`` and the "nothing ready" fast path cost no query.
+* Retention deletes (``purge_acked``, ``purge_dead``) take at most ``limit`` rows per call:
+  a backlog (months of dead letters reaching retention, acked ids after a long stop) is
+  worked off over several ticks, never in one transaction that holds the actor for seconds.
 * A single writer knows what it wrote: a lease takes the rows it just enqueued from memory
   (:class:`schema.FreshRows`) instead of reading 16 columns back, and ``enqueue(..., lease=)``
   stores new rows already leased to a waiting consumer when none of its recipient's rows
@@ -43,6 +46,7 @@ from typing import Self
 
 from actors.queue import schema
 from actors.queue.model import (
+    PURGE_LIMIT,
     DeadLetter,
     EnqueueResult,
     IdGenerator,
@@ -80,6 +84,8 @@ def _depth_key(state: int, recipient: str, priority: int) -> tuple[str, int]:
     agents), and nothing needs their count per recipient. The hot paths (a lease, each tick's
     expiry check) read the ready and leased counters, which never hold dead entries."""
     return (ALL_RECIPIENTS, priority) if state == DEAD else (recipient, priority)
+
+
 _PURGE_STATES = {"ready": (READY,), "leased": (LEASED,), "dead": (DEAD,),
                  "all": (READY, LEASED, DEAD)}
 _TOTALS = ("enqueued", "duplicates", "rejected", "leased", "acked", "nacked", "retried", "dead",
@@ -409,28 +415,25 @@ class QueueStore:
         with self._tx(single=True):
             self._conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
 
-    def purge_acked(self, older_than_s: float) -> int:
-        """Forget acked ids older than ``older_than_s`` (ends their dedup window)."""
+    def purge_acked(self, older_than_s: float, limit: int = PURGE_LIMIT) -> int:
+        """Forget up to ``limit`` acked ids older than ``older_than_s`` (ends their dedup
+        window), oldest first via ``ix_acked_at``. Returns the count (``limit``: call again)."""
         with self._tx():
-            cur = self._conn.execute("DELETE FROM acked_ids WHERE acked_at < ?",
-                                     (self._clock() - older_than_s,))
-            return cur.rowcount
+            return self._conn.execute(
+                "DELETE FROM acked_ids WHERE id IN (SELECT id FROM acked_ids WHERE acked_at < ? "
+                "ORDER BY acked_at LIMIT ?)", (self._clock() - older_than_s, limit)).rowcount
 
-    def purge_dead(self, older_than_s: float, chunk: int = 10_000) -> int:
-        """Delete dead letters that died more than ``older_than_s`` ago (their retention), in
-        transactions of ``chunk`` rows (``ix_dead`` finds them oldest first)."""
-        total, cutoff = 0, self._clock() - older_than_s
-        while True:
-            with self._tx() as tx:
-                rows = self._conn.execute(
-                    "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE "
-                    "state = 2 AND dead_at < ? ORDER BY dead_at LIMIT ?) "
-                    "RETURNING recipient, priority", (cutoff, chunk)).fetchall()
-                tx.move(rows, DEAD, None)
-                tx.totals.update(dead_expired=len(rows))
-            total += len(rows)
-            if len(rows) < chunk:
-                return total
+    def purge_dead(self, older_than_s: float, limit: int = PURGE_LIMIT) -> int:
+        """Delete up to ``limit`` dead letters that died more than ``older_than_s`` ago (their
+        retention), oldest first via ``ix_dead``. Returns the count (``limit``: call again)."""
+        with self._tx() as tx:
+            rows = self._conn.execute(
+                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE "
+                "state = 2 AND dead_at < ? ORDER BY dead_at LIMIT ?) "
+                "RETURNING recipient, priority", (self._clock() - older_than_s, limit)).fetchall()
+            tx.move(rows, DEAD, None)
+            tx.totals.update(dead_expired=len(rows))
+        return len(rows)
 
     def get(self, msg_id: str) -> Message | None:
         """One message by id in any state (None if absent or acked)."""
@@ -503,7 +506,8 @@ class QueueStore:
         self._fresh.clear()
 
     def recount(self) -> dict[tuple[str, str, str], int]:
-        """Exact depths by COUNT(*), keyed (state, recipient, priority) (diagnostics)."""
+        """Exact depths by COUNT(*), keyed (state, recipient, priority) as the in-memory
+        counters keep them (dead letters under recipient "*") (diagnostics)."""
         return self._labelled(self._count_rows())
 
     def counted(self) -> dict[tuple[str, str, str], int]:

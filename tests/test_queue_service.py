@@ -100,6 +100,15 @@ def test_in_flight_tracks_owners_holders_expiry_and_latency_sources():
     assert f.per_owner() == {"sub:e": 1} and set(f.by_id) == {"8"}
 
 
+def test_stats_lists_stay_small_whatever_their_number():
+    from actors.queue import service
+
+    counts = {f"r{i:05d}": i for i in range(service.STATS_LIST_MAX + 500)}
+    top = service._largest(counts)
+    assert len(top) == service.STATS_LIST_MAX and min(top.values()) == 500
+    assert list(top) == sorted(top) and service._largest({"a": 1}) == {"a": 1}
+
+
 def test_a_retention_backlog_is_deleted_one_batch_per_tick():
     """Months of dead letters reaching retention at once took seconds in one tick: the actor
     missed its health pings and was killed, again and again."""
@@ -568,7 +577,12 @@ def test_corrupt_and_invalid_queue_messages_get_errors_and_the_queue_keeps_runni
                            (protocol.QUEUE_SUBSCRIBE.encode({"recipient": "Agent-1"}), "permanent"),
                            (protocol.QUEUE_LEASE.encode({"recipient": "x", "limit": -1}),
                             "permanent"),
-                           (protocol.QUEUE_PURGE.encode({"state": "everything"}), "permanent")):
+                           (protocol.QUEUE_PURGE.encode({"state": "everything"}), "permanent"),
+                           # a glob compiles in time quadratic in its length: names are bounded
+                           (protocol.QUEUE_LEASE.encode({"topic": "[" * 12_000}), "permanent"),
+                           (protocol.QUEUE_SUBSCRIBE.encode({"topic": "x" * 201}), "permanent"),
+                           (protocol.QUEUE_LEASE.encode({"recipient": "x", "owner": "o" * 201}),
+                            "permanent")):
             reply = protocol.decode(ctx.ask(addr, data, 10))
             assert reply.t == "error" and reply.b["code"] == code, (data, reply)
     reply = enqueue(qs, [{"recipient": "x"}, {"recipient": "x", "payload": b"\xc0", "bogus": 1},

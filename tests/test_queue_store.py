@@ -685,3 +685,26 @@ def test_dead_letters_past_their_retention_are_deleted(store, clock):
     assert [m.id for m in store.dead_letters()] == ["young"]
     assert store.counted() == store.recount() and store.totals()["dead_expired"] == 2
     assert store.purge_dead(older_than_s=120) == 0
+
+
+def test_recipients_with_waiting_messages_are_capped(tmp_path, clock):
+    """A producer that invents a recipient per message (a bug) would make every delivery
+    round, stats and health check walk them all: past max_recipients they are rejected."""
+    with QueueStore(tmp_path / "cap.db", clock=clock, max_recipients=3) as store:
+        res = store.enqueue([msg("a"), msg("b"), msg("c"), msg("d"), msg("a"), msg("e")])
+        assert [i for i, _ in res.rejected] == [3, 5] and len(res.accepted) == 4
+        assert "max_recipients" in res.rejected[0][1]
+        assert store.enqueue([msg("c")]).accepted  # one that has messages waiting: fine
+        for m in store.lease("c", 10, "w", 30):
+            store.ack([m.id])
+        assert store.enqueue([msg("d")]).accepted  # c has none waiting now: room for d
+        assert set(store.ready_counts()) == {"a", "b", "d"}
+
+
+def test_the_oldest_ready_time_is_one_scan_when_many_recipients_wait(store, clock, monkeypatch):
+    from actors.queue import store as store_module
+
+    store.enqueue([msg(f"r{i}", delay_s=i) for i in range(1, 6)] + [msg("late", delay_s=99)])
+    per_pair = store.next_available_at()
+    monkeypatch.setattr(store_module, "MIN_BY_PAIR_MAX", 2)
+    assert store.next_available_at() == per_pair == clock() + 1

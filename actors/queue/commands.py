@@ -232,17 +232,25 @@ def print_stats(s: dict) -> None:
     print(f"latency enqueue->ack: p50 {_num(lat['p50'], ' ms')}, p95 {_num(lat['p95'], ' ms')}, "
           f"p99 {_num(lat['p99'], ' ms')} ({lat['samples']} samples)")
     flight = ", ".join(f"{_shown(o)} {n}" for o, n in s["in_flight"].items()) or "none"
-    print(f"in flight: {flight}")
+    print(f"in flight: {flight}{_more(s['in_flight'], s.get('in_flight_owners'))}")
     for sub in s["subscriptions"]:
         target = sub["recipient"] or "topic " + sub["topic"]
         print(f"  subscription {sub['sub']} {_shown(target)} -> {_shown(sub['addr'])}: "
               f"{sub['in_flight']}/{sub['max_in_flight']}")
+    if more := _more(s["subscriptions"], s.get("subscription_count")):
+        print(f"  {more.strip()}")
     inbox = s["inbox"]
     if inbox["enabled"]:
         print(f"inbox:    delivered {inbox['delivered']}, failed {inbox['failed']}")
     if s["ready_by_recipient"]:
         print("ready by recipient: " + ", ".join(
-            f"{_shown(r)} {n}" for r, n in s["ready_by_recipient"].items()))
+            f"{_shown(r)} {n}" for r, n in s["ready_by_recipient"].items())
+            + _more(s["ready_by_recipient"], s.get("recipients_ready")))
+
+
+def _more(shown, total: int | None) -> str:
+    """" (N in all, not all shown)" when a stats list was cut short."""
+    return f" ({total} in all, not all shown)" if total and total > len(shown) else ""
 
 
 def print_dlq(reply: dict) -> None:

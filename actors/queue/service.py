@@ -40,16 +40,18 @@ the previous incarnation's inbox leases are released and its temp files swept.
 from __future__ import annotations
 
 import datetime
+import heapq
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
+from operator import itemgetter
 from pathlib import Path
 
 from actors.queue import core
 from actors.queue.inbox import InboxSink
-from actors.queue.model import PURGE_LIMIT, QueueRepository, fitting
+from actors.queue.model import MAX_RECIPIENT_LEN, PURGE_LIMIT, QueueRepository, fitting
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import ConfigError, PermanentError, TransientError, classify
@@ -75,6 +77,18 @@ MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
 
 _arg = core.body_field
 _SECONDS = {"check": lambda v: 0 < v <= 86_400, "what": "seconds in (0, 86400]"}
+# Recipients, topics (globs: compiling one is quadratic in its length), owners and consumer
+# names: each is kept, matched and listed, so each is bounded like a recipient.
+_NAME = {"check": lambda s: 0 < len(s) <= MAX_RECIPIENT_LEN,
+         "what": f"a name of 1..{MAX_RECIPIENT_LEN} characters"}
+STATS_LIST_MAX = 1_000  # entries per list in a stats reply (the largest; the total is given)
+
+
+def _largest(counts: dict[str, int]) -> dict[str, int]:
+    """The STATS_LIST_MAX largest entries of ``counts``, by name (a reply must stay small)."""
+    if len(counts) <= STATS_LIST_MAX:
+        return counts
+    return dict(sorted(heapq.nlargest(STATS_LIST_MAX, counts.items(), key=itemgetter(1))))
 
 
 def _after(seconds: float) -> datetime.timedelta:
@@ -131,7 +145,8 @@ class QueueService(ServiceActor):
             self.store = QueueStore(
                 self.db_path, synchronous=sync,
                 default_max_attempts=int(cfg.get("max_attempts", 5)), backoff_base_s=retry_base,
-                backoff_max_s=float(cfg.get("retry_max_s", 300.0)))
+                backoff_max_s=float(cfg.get("retry_max_s", 300.0)),
+                max_recipients=int(cfg.get("max_recipients", 10_000)))
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the queue database {self.db_path}: {exc}") from exc
         agents = self.config.get("agents", {})
@@ -389,8 +404,8 @@ class QueueService(ServiceActor):
     @handles(protocol.QUEUE_LEASE)
     def _lease(self, env, sender) -> None:
         b = env.b
-        recipient = _arg(b, "recipient", str, None, what="a recipient name")
-        topic = _arg(b, "topic", str, None, what="a glob over recipient names")
+        recipient = _arg(b, "recipient", str, None, **_NAME)
+        topic = _arg(b, "topic", str, None, **_NAME)
         if bool(recipient) == bool(topic):
             raise PermanentError("queue.lease needs exactly one of recipient or topic")
         most = 10 * self.batch_max
@@ -398,7 +413,7 @@ class QueueService(ServiceActor):
                      what=f"an int in 1..{most}")
         vis = float(_arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS))
         key = protocol.address_to_wire(sender)
-        owner = _arg(b, "owner", str, None) or "pull:" + key
+        owner = _arg(b, "owner", str, None, **_NAME) or "pull:" + key
         if recipient:
             wants = [(recipient, limit)]
         else:
@@ -416,7 +431,7 @@ class QueueService(ServiceActor):
         incarnation did not lease (leased before a restart) go to the store with the named
         owner, else with any. Returns (results, ids not held, created_at of the settled,
         subscriptions with room again)."""
-        hint = _arg(env.b, "owner", str, None)
+        hint = _arg(env.b, "owner", str, None, **_NAME)
         groups, not_held = self.inflight.held_by(core.id_list(env.b),
                                                  protocol.address_to_wire(sender), hint)
         subs, out, settled = [], [], []
@@ -467,8 +482,8 @@ class QueueService(ServiceActor):
     @handles(protocol.QUEUE_SUBSCRIBE)
     def _subscribe(self, env, sender) -> None:
         b = env.b
-        recipient = _arg(b, "recipient", str, None)
-        topic = _arg(b, "topic", str, None)
+        recipient = _arg(b, "recipient", str, None, **_NAME)
+        topic = _arg(b, "topic", str, None, **_NAME)
         if bool(recipient) == bool(topic):
             raise PermanentError("queue.subscribe needs exactly one of recipient or topic")
         if recipient and self.route(recipient):
@@ -478,7 +493,7 @@ class QueueService(ServiceActor):
         batch = _arg(b, "batch", int, self.batch_max, check=lambda n: 1 <= n <= 100_000,
                      what="an int in 1..100000")
         vis = _arg(b, "visibility_s", (int, float), self.lease_s, **_SECONDS)
-        consumer = _arg(b, "consumer", str, None)
+        consumer = _arg(b, "consumer", str, None, **_NAME)
         sub, replaced = self.subs.subscribe(sender, protocol.address_to_wire(sender), recipient,
                                             topic, limit, min(batch, self.batch_max), float(vis),
                                             consumer, now=time.monotonic())
@@ -502,11 +517,14 @@ class QueueService(ServiceActor):
         now = time.time()
         status, detail = self.health()
         per_owner = self.inflight.per_owner()
+        ready, subs = stats["ready_by_recipient"], list(self.subs.subs.values())
         stats.update(
             rates=self.rates.rates(now, stats["totals"]),
             latency_ms=self.latency.percentiles(now),
-            in_flight=per_owner,
-            subscriptions=[s.view(per_owner.get(s.owner, 0)) for s in self.subs.subs.values()],
+            ready_by_recipient=_largest(ready), recipients_ready=len(ready),
+            in_flight=_largest(per_owner), in_flight_owners=len(per_owner),
+            subscriptions=[s.view(per_owner.get(s.owner, 0)) for s in subs[:STATS_LIST_MAX]],
+            subscription_count=len(subs),
             inbox={"enabled": self.sink is not None, "delivered": self.inbox_done,
                    "failed": self.inbox_failed, "ms_per_file": round(self.inbox_cost_s * 1e3, 3)},
             group_commit={"window_ms": self.group_commit_s * 1000, "commits": self.group.commits,
@@ -546,7 +564,7 @@ class QueueService(ServiceActor):
     def _purge(self, env, sender) -> None:
         state = _arg(env.b, "state", str, "dead", check=lambda s: s in _PURGE_STATES,
                      what=" | ".join(_PURGE_STATES))
-        recipient = _arg(env.b, "recipient", str, None, check=bool, what="a recipient name")
+        recipient = _arg(env.b, "recipient", str, None, **_NAME)
         n = self._db(self.store.purge, state, recipient)
         self.reply(sender, env, protocol.OK, {"purged": n, "state": state,
                                               "recipient": recipient})

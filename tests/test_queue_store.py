@@ -708,3 +708,15 @@ def test_the_oldest_ready_time_is_one_scan_when_many_recipients_wait(store, cloc
     per_pair = store.next_available_at()
     monkeypatch.setattr(store_module, "MIN_BY_PAIR_MAX", 2)
     assert store.next_available_at() == per_pair == clock() + 1
+
+
+def test_purge_and_requeue_all_go_in_bounded_transactions(store, monkeypatch):
+    from actors.queue import store as store_module
+
+    monkeypatch.setattr(store_module, "BULK_ROWS", 2)
+    store.enqueue([msg(id=f"m{i}") for i in range(5)] + [msg("bob", id="b1")])
+    for m in store.lease("alice", 5, "c", 30):
+        store.nack([m.id], "boom", retry=False)
+    assert store.requeue(None) == 5 and store.stats()["depth"]["ready"] == 6
+    assert store.purge("ready", "alice") == 5 and store.ready_counts() == {"bob": 1}
+    assert store.counted() == store.recount() and store.totals()["purged"] == 5

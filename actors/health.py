@@ -6,11 +6,11 @@ and SIGKILLs a process over its ``max_rss_mb`` (its supervisor restarts it), rec
 from __future__ import annotations
 
 import os
-import signal
 
 import psutil
 
 from system import protocol
+from system.launcher import kill_swarm_process
 from system.service import ServiceActor, handles
 
 
@@ -56,9 +56,7 @@ class HealthMonitor(ServiceActor):
     def _enforce(self, name: str, pid: int, rss: int, limit_mb: float, registry) -> None:
         reason = f"rss {rss / 1048576:.0f} MB over limit {limit_mb:g} MB; killed pid {pid}"
         self.log("error", "limit", f"{name}: {reason}", child=name)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        if not kill_swarm_process(pid):
             return
         self.send(registry, protocol.REGISTRY_NOTE.encode({"name": name, "error": reason}))
         self.alert("error", f"{name} over its memory limit", reason, key=f"{name}:rss")

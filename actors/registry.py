@@ -8,13 +8,12 @@ re-report everything, so its state is rebuilt from theirs.
 """
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 from actors.alerts import AlertRouter, alert
 from actors.status import Entry, snapshot
 from system import protocol
+from system.launcher import kill_swarm_process
 from system.service import ServiceActor, handles
 
 
@@ -150,11 +149,8 @@ class Registry(ServiceActor):
         self.log("error", "unresponsive", f"{name} (pid {entry.pid}) did not answer a health "
                  f"ping in {waited:.1f}s; killing it so its supervisor restarts it", child=name)
         if entry.pid:
-            try:
-                os.kill(entry.pid, signal.SIGKILL)
-                cause += f"; killed pid {entry.pid}"
-            except ProcessLookupError:
-                pass
+            cause += (f"; killed pid {entry.pid}" if kill_swarm_process(entry.pid)
+                      else f"; pid {entry.pid} is not a live process of this swarm, not killed")
         entry.set_error(cause, time.time())
         self._route(self.alerts.submit(alert("error", name, "unresponsive", cause,
                                              key=f"{name}:unresponsive"), time.time()))

@@ -236,6 +236,22 @@ def swarm_processes(port: int) -> list[psutil.Process]:
     return found
 
 
+def kill_swarm_process(pid: int) -> bool:
+    """SIGKILL ``pid`` only if it is a process of this swarm (the INSTANCE_ENV tag of the
+    caller's own swarm): a pid that arrived in a message, stale or forged, could name any
+    process of the user. True if it was killed. Without a tag (a swarm booted in-process
+    instead of by ``swarm start``) there is nothing to check against."""
+    tag = os.environ.get(INSTANCE_ENV)
+    try:
+        proc = psutil.Process(pid)
+        if tag is not None and proc.environ().get(INSTANCE_ENV) != tag:
+            return False
+        proc.kill()  # psutil refuses a pid reused since Process() was made
+        return True
+    except psutil.Error:
+        return False
+
+
 def shutdown(config: dict, timeout: float = 10.0) -> dict:
     """Stop the tree in reverse order, then the actor system; SIGKILL whatever is left.
 

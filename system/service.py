@@ -35,7 +35,7 @@ from thespian.actors import (
 )
 
 from system import protocol
-from system.errors import ConfigError, classify
+from system.errors import ConfigError, PermanentError, classify
 from system.logs import LEVELS, log, redact_in_process
 
 _PR_SET_PDEATHSIG = 1
@@ -318,6 +318,8 @@ class SwarmActor(Actor):
 
     @handles(protocol.TREE_REGISTRY)
     def _registry_moved(self, env, sender) -> None:
+        if sender != self.parent:
+            raise PermanentError("the registry's address comes from the supervisor only")
         self.registry = env.b["addr"]
 
     def fail(self, reason: str, state: str = "failed") -> None:
@@ -354,6 +356,9 @@ class ServiceActor(SwarmActor):
 
     @handles(protocol.SVC_INIT)
     def _init(self, env, sender) -> None:
+        if self.parent is not None:  # started already: only its supervisor starts it, once
+            self.reply_error(sender, env, "permanent", f"{self.name} is started already")
+            return
         self.name = env.b["name"]
         self.adopt_config(env.b)
         self.parent = sender
@@ -373,6 +378,8 @@ class ServiceActor(SwarmActor):
 
     @handles(protocol.CONFIG_CHANGED)
     def _config_changed(self, env, sender) -> None:
+        if sender != self.parent:
+            raise PermanentError("config changes come from the service's supervisor only")
         changed = set(env.b["changed"])
         applied = changed <= (_BASE_LIVE_KEYS | self.LIVE_KEYS)
         if applied:

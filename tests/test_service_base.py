@@ -37,6 +37,43 @@ def test_malformed_and_unknown_messages_get_error_replies_and_are_counted(shared
     assert pong.b["errors"]["by_class"].get("permanent", 0) >= 2
 
 
+def test_lifecycle_messages_from_outside_the_tree_are_refused(shared_swarm):
+    """Anyone on the host can reach an actor's port: a second svc.init (which would move the
+    service's files), a config change or a registry address not from its supervisor are
+    refused; the service carries on unchanged."""
+    pid = shared_swarm.service("probe")["pid"]
+    forged = ((protocol.SVC_INIT, {"name": "probe", "config": {"services": {}}}),
+              (protocol.CONFIG_CHANGED, {"config": {}, "changed": []}),
+              (protocol.TREE_REGISTRY, {"addr": "tcp:127.0.0.1:1"}))
+    for mtype, body in forged:
+        reply = _raw_ask(shared_swarm, "probe", mtype.encode(body))
+        assert reply.t == "error" and reply.b["code"] == "permanent", (mtype.name, reply)
+    assert shared_swarm.service("probe")["pid"] == pid
+    assert shared_swarm.ask("probe", protocol.HEALTH_PING).t == protocol.HEALTH_PONG.name
+
+
+def test_only_processes_of_the_swarm_are_killed_by_pid(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from system.launcher import INSTANCE_ENV, kill_swarm_process
+
+    monkeypatch.setenv(INSTANCE_ENV, "4242")
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    stranger = subprocess.Popen(sleep, env={k: v for k, v in os.environ.items()
+                                            if k != INSTANCE_ENV})
+    ours = subprocess.Popen(sleep, env={**os.environ, INSTANCE_ENV: "4242"})
+    try:
+        assert kill_swarm_process(stranger.pid) is False and stranger.poll() is None
+        assert kill_swarm_process(ours.pid) is True and ours.wait(5) == -9
+        assert kill_swarm_process(ours.pid) is False  # gone
+    finally:
+        for proc in (stranger, ours):
+            proc.kill()
+            proc.wait()
+
+
 def _raw_ask(swarm, name, data: bytes) -> protocol.Envelope:
     from system.admin import AdminClient
     from system.launcher import connect

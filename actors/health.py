@@ -55,8 +55,10 @@ class HealthMonitor(ServiceActor):
 
     def _enforce(self, name: str, pid: int, rss: int, limit_mb: float, registry) -> None:
         reason = f"rss {rss / 1048576:.0f} MB over limit {limit_mb:g} MB; killed pid {pid}"
-        self.log("error", "limit", f"{name}: {reason}", child=name)
         if not kill_swarm_process(pid):
+            self.log("warning", "limit", f"{name}: rss over limit, but pid {pid} is not a live "
+                     "process of this swarm: not killed", child=name)
             return
+        self.log("error", "limit", f"{name}: {reason}", child=name)
         self.send(registry, protocol.REGISTRY_NOTE.encode({"name": name, "error": reason}))
         self.alert("error", f"{name} over its memory limit", reason, key=f"{name}:rss")

@@ -357,8 +357,7 @@ class ServiceActor(SwarmActor):
     @handles(protocol.SVC_INIT)
     def _init(self, env, sender) -> None:
         if self.parent is not None:  # started already: only its supervisor starts it, once
-            self.reply_error(sender, env, "permanent", f"{self.name} is started already")
-            return
+            raise PermanentError(f"{self.name} is started already")
         self.name = env.b["name"]
         self.adopt_config(env.b)
         self.parent = sender

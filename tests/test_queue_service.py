@@ -144,12 +144,11 @@ def test_a_retention_backlog_is_deleted_one_batch_per_tick():
                       + "dead_retention_s (1 days)"]
 
 
-def test_a_consumer_renews_at_least_three_times_per_subscription_ttl(monkeypatch):
+def test_a_consumer_renews_at_least_three_times_per_subscription_ttl():
     from actors.queue.client import QueueConsumer
 
     consumer, looked_up = QueueConsumer(), []
     consumer._queue_lookup = lambda: looked_up.append(1)
-    consumer.queue_subscribe = None  # not used: the spec is set by hand
     consumer._queue_spec, consumer._queue_subscribed_at = {"recipient": "r"}, time.monotonic() - 1.2
     consumer.queue_keepalive()
     assert looked_up == []  # default: every queue_resubscribe_s (5 s)

@@ -138,13 +138,12 @@ def send_batches(call: Callable[[list[dict]], dict], items: list[tuple[int, dict
               "duplicate_lines": [], "rejected_lines": [{"line": n, "reason": r}
                                                         for n, r in rejected],
               "unsent": None}
-    left = list(batches(items, batch_max, max_bytes))
-    while left:
-        chunk = left.pop(0)
+    chunks = list(batches(items, batch_max, max_bytes))
+    for k, chunk in enumerate(chunks):
         try:
             reply = call([item for _, item in chunk])
         except Exception as exc:  # noqa: BLE001 - reported, with the lines it concerns
-            lines = [n for c in [chunk, *left] for n, _ in c]
+            lines = [n for c in chunks[k:] for n, _ in c]
             report["unsent"] = {"reason": str(exc), "first_line": lines[0], "lines": len(lines)}
             if getattr(exc, "code", None) == "timeout":
                 report["unsent"]["uncertain"] = [{"line": n, "id": i.get("id")}

@@ -96,8 +96,11 @@ class Probe(ServiceActor):
         frame, depth = sys._getframe(), 0
         while frame is not None:
             frame, depth = frame.f_back, depth + 1
+        from thespian.system.transport import TCPTransport
+
         self.reply(sender, env, protocol.OK, {"thread": threading.current_thread().name,
-                                              "frames": depth})
+                                              "frames": depth,
+                                              "selectors": TCPTransport.selectors.__name__})
 
     @handles(protocol.TEST_EVENTS)
     def events_(self, env, sender) -> None:

@@ -5,9 +5,10 @@ itself: the client encodes an envelope, asks in a private context and correlates
 id; the admin decodes, dispatches, runs ``health()`` and encodes a ``health.pong``.
 ``admin.lookup`` (admin -> registry -> admin) and ``admin.status`` (the same two extra hops
 plus the whole snapshot) are reported beside it.
-Peer, same system and run: a plain Thespian ``ask`` of the same envelope bytes to a trivial
-echo actor (``bench.common.RawEcho``) created through the same handle, both with the shared
-handle and in a new private context per call (what the client does, to isolate that cost).
+Peer, same run: a plain Thespian ``ask`` of the same envelope bytes to a trivial echo actor
+(``bench.common.RawEcho``) in a stock Thespian system (``bench.common.raw_system``), both with
+its shared handle and in a new private context per call (what the client does, to isolate that
+cost).
 Requests are interleaved in rounds, rotating the order, to spread machine noise evenly.
 
     python -m bench.admin [--json] [--quick]
@@ -16,20 +17,29 @@ from __future__ import annotations
 
 import time
 
-from bench.common import FAST_HEALTH, PROBE_SERVICES, BenchSwarm, emit, median_ms, p95_ms, parser
+from bench.common import (
+    FAST_HEALTH,
+    PROBE_SERVICES,
+    BenchSwarm,
+    RawEcho,
+    emit,
+    median_ms,
+    p95_ms,
+    parser,
+    raw_system,
+)
 from system import protocol
 from system.admin import AdminClient
-from system.launcher import connect
 
 TARGET_RATIO = 1.2
 TIMEOUT_S = 5.0
 
 
 def run(n: int) -> dict:
-    with BenchSwarm({"health": FAST_HEALTH, "services": PROBE_SERVICES}) as swarm:
+    with raw_system() as asys, BenchSwarm({"health": FAST_HEALTH, "services": PROBE_SERVICES}
+                                          ) as swarm:
         swarm.start()
-        client, asys = AdminClient(swarm.config), connect(swarm.config)
-        echo = asys.createActor("bench.common.RawEcho")
+        client, echo = AdminClient(swarm.config), asys.createActor(RawEcho)
         payload = protocol.HEALTH_PING.encode()
 
         def raw_ask():

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import selectors
 import signal
 import socket
 import statistics
@@ -98,8 +99,14 @@ class BenchSwarm:
 
 @contextlib.contextmanager
 def raw_system():
-    """A separate plain Thespian system (multiprocTCPBase, loopback, free admin port), tagged
-    like a swarm so ``swarm_processes`` can prove it is gone afterwards."""
+    """A separate plain Thespian system (multiprocTCPBase, loopback, free admin port; Thespian's
+    own transport loop), tagged like a swarm so ``swarm_processes`` can prove it is gone
+    afterwards."""
+    from thespian.system.transport import TCPTransport
+
+    if TCPTransport.selectors is not selectors:
+        raise RuntimeError("system.transport is installed here: a system forked from this "
+                           "process would not be stock Thespian")
     port = free_port()
     secure_bind("127.0.0.1")
     with tempfile.TemporaryDirectory(prefix="raw-thespian-") as tmp:

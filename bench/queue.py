@@ -10,10 +10,14 @@ loss or an OS crash (``FULL`` would fsync every commit).
    ``QueueConsumer`` mixin, max_in_flight 5,000) that acks each batch; timed from the first
    enqueue to the reply to the ack that completes N (i.e. that ack's commit). Median of 3;
    ``queue_actor_cpu_batched`` is the queue process's CPU share meanwhile (1.0 = one core).
-2. unbatched: an external client asks ``queue.enqueue`` with one item (answered after its
-   commit) vs a raw Thespian ask of the same envelope bytes to a trivial echo actor in the same
-   system, in rounds of 100 of each, back to back -> ``unbatched_ratio_vs_raw_ask``: the
-   median of the per-round ratios (``unbatched_rate_ratio_total``: total rates' ratio).
+2. unbatched: a producer actor in the swarm (``bench.queue:Asker``) enqueues one item per
+   request, the next after the reply (each answered after its commit), vs the same actor class
+   asking an echo actor in a stock Thespian system (``bench.common.raw_system``: Thespian as
+   shipped, without ``system.transport``'s poll loop) -> ``unbatched_ratio_vs_raw_ask``; and
+   vs an echo actor in the swarm (the queue's own transport) ->
+   ``unbatched_ratio_vs_swarm_echo``. Rounds of ROUND requests, the three back to back in a
+   rotating order; each ratio is the median of the per-round ratios. Also the CPU time the
+   queue and the swarm's echo spend per request.
 3. persist-queue ``SQLiteAckQueue`` (put N, then get+ack N) at synchronous=NORMAL like ours
    (``persist_queue_*``) and at its default FULL (``persist_queue_default_*``); litequeue
    (put N, then pop+done N; it sets NORMAL itself). Drain and put rates with a smaller N: both
@@ -22,12 +26,12 @@ loss or an OS crash (``FULL`` would fsync every commit).
    one transaction each, B=500) and QueueStore alone (enqueue / lease / ack, no actors).
 5. backlog: the QueueStore loop of 4 with BACKLOG rows already stored (half ready rows of another
    recipient, half rows of the same recipient delayed by a day) vs an empty table, alternated.
-6. concurrent producers and group commit: P=4 plain Thespian actors (``bench.queue:Asker``)
-   each enqueue one message at a time (the next after the reply), concurrently, vs the same
-   actors asking the echo actor. One swarm per setting: ``synchronous`` NORMAL (the default; no
-   group commit), FULL with ``group_commit_ms`` 2 (default) and FULL with 0 (off) ->
+6. concurrent producers and group commit: P=4 Askers in the swarm each enqueue one message at a
+   time (the next after the reply), concurrently, vs the same actors asking the swarm's echo
+   actor. One swarm per setting: ``synchronous`` NORMAL (the default; no group commit), FULL
+   with ``group_commit_ms`` 2 (default) and FULL with 0 (off) ->
    ``concurrent_{normal,full,full_no_group}_msgs_per_s``, requests per commit and
-   ``..._ratio_vs_raw_ask`` (median paired ratio to the echo in the same swarm: the swarms run
+   ``..._ratio_vs_echo`` (median paired ratio to the echo in the same swarm: the swarms run
    one after the other, so compare these ratios, not the rates);
    ``concurrent_full_group_gain`` = FULL grouped ratio / FULL ungrouped ratio.
 
@@ -47,7 +51,7 @@ from thespian.actors import Actor
 
 from actors.queue.client import QueueConsumer
 from actors.queue.store import QueueStore
-from bench.common import BenchSwarm, emit, parser
+from bench.common import BenchSwarm, emit, parser, raw_system
 from system import protocol
 from system.admin import AdminClient
 from system.launcher import connect, swarm_processes
@@ -196,50 +200,49 @@ def batched_once(asys, addr: dict, n: int) -> float:
     return n / (c["t_done"] - p["t0"])
 
 
-def unbatched(asys, queue_addr: str, asks: int, queue_pid: int, port: int) -> dict:
-    """Queue enqueue asks/s, raw echo asks/s and the median of the per-round rate ratios:
-    rounds of ROUND asks, each round timing both cases back to back (which goes first
-    alternates). The median of the paired ratios keeps a burst of load from another process
-    on this shared machine, which lands in one case of one round, from deciding the result.
-    Also the CPU time each actor process spends per ask."""
-    before = {p.pid for p in swarm_processes(port)}
-    queue, echo = protocol.address_from_wire(queue_addr), asys.createActor("bench.queue.Echo")
-    item = {"recipient": RCPT + "-unbatched", "payload": PAYLOAD}  # nobody consumes it
+def unbatched(asys, raw, queue_addr: str, asks: int, queue_pid: int) -> dict:
+    """Requests/s of one Asker in the swarm against the queue and the swarm's echo, and of one
+    in the stock system against its echo, in rounds of ROUND requests, the three back to back
+    (the order rotates). The median of the per-round ratios keeps a burst of load from another
+    process on this shared machine, which lands in one case of one round, from deciding the
+    result. Also the CPU time the queue and the swarm's echo spend per request."""
+    queue = protocol.address_from_wire(queue_addr)
+    data = protocol.QUEUE_ENQUEUE.encode({"items": [{"recipient": RCPT + "-unbatched",
+                                                      "payload": PAYLOAD}]})  # nobody consumes it
+    echo, asker = asys.createActor("bench.queue.Echo"), asys.createActor("bench.queue.Asker")
+    cases = [(asys, asker, queue), (asys, asker, echo),
+             (raw, raw.createActor("bench.queue.Asker"), raw.createActor("bench.queue.Echo"))]
 
-    def enqueue():
-        env = protocol.decode(asys.ask(queue, protocol.QUEUE_ENQUEUE.encode({"items": [item]}),
-                                       TIMEOUT_S))
-        if not isinstance(env, protocol.Envelope) or len(env.b.get("accepted", ())) != 1:
-            raise RuntimeError(f"unbatched enqueue failed: {env}")
+    def seconds(case, n: int) -> float:
+        system, who, target = case
+        reply = system.ask(who, ("run", target, n, data), TIMEOUT_S)
+        if not (isinstance(reply, tuple) and reply[0] == "done"):
+            raise RuntimeError(f"an asker did not finish: {reply!r:.200}")
+        return reply[1]
 
-    def raw():
-        data = protocol.QUEUE_ENQUEUE.encode({"items": [item]})
-        if asys.ask(echo, data, TIMEOUT_S) != data:
-            raise RuntimeError("the echo actor did not answer")
+    def enqueued() -> int:
+        stats = protocol.decode(asys.ask(queue, protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
+        return stats["totals"].get("enqueued", 0)
 
-    cases, spent, ratios = [enqueue, raw], [0.0, 0.0], []
-    for fn in cases * 20:  # warm-up
-        fn()
-    new = [p for p in swarm_processes(port) if p.pid not in before]
-    if len(new) != 1:
-        raise RuntimeError(f"expected one new process (the echo actor), found {len(new)}")
-    procs = [psutil.Process(queue_pid), new[0]]
-    cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+    for case in cases:  # warm-up
+        seconds(case, 20)
+    queue_proc, first, rounds = psutil.Process(queue_pid), enqueued(), []
+    cpu0 = sum(queue_proc.cpu_times()[:2])
     for r in range(asks // ROUND):
-        took = [0.0, 0.0]
-        for i in (0, 1) if r % 2 else (1, 0):
-            t0 = time.perf_counter()
-            for _ in range(ROUND):
-                cases[i]()
-            took[i] = time.perf_counter() - t0
-        spent[0], spent[1] = spent[0] + took[0], spent[1] + took[1]
-        ratios.append(took[1] / took[0])
-    n = asks // ROUND * ROUND
-    cpu = [(sum(p.cpu_times()[:2]) - c) / n * 1e6 for p, c in zip(procs, cpu0)]
-    return {"unbatched_msgs_per_s": n / spent[0], "raw_ask_per_s": n / spent[1],
-            "unbatched_ratio_vs_raw_ask": statistics.median(ratios),
-            "unbatched_rate_ratio_total": spent[1] / spent[0],
-            "unbatched_queue_cpu_us_per_ask": cpu[0], "raw_echo_cpu_us_per_ask": cpu[1]}
+        took = [0.0, 0.0, 0.0]
+        for i in (r % 3, (r + 1) % 3, (r + 2) % 3):
+            took[i] = seconds(cases[i], ROUND)
+        rounds.append(took)
+    n = len(rounds) * ROUND
+    cpu = (sum(queue_proc.cpu_times()[:2]) - cpu0) / n * 1e6
+    if enqueued() - first != n:
+        raise RuntimeError(f"{n} enqueues asked, {enqueued() - first} accepted")
+    spent = [sum(t[i] for t in rounds) for i in range(3)]
+    return {"unbatched_msgs_per_s": n / spent[0], "swarm_echo_ask_per_s": n / spent[1],
+            "raw_ask_per_s": n / spent[2],
+            "unbatched_ratio_vs_raw_ask": statistics.median(t[2] / t[0] for t in rounds),
+            "unbatched_ratio_vs_swarm_echo": statistics.median(t[1] / t[0] for t in rounds),
+            "unbatched_queue_cpu_us_per_ask": cpu}
 
 
 def through_actors(size: dict) -> dict:
@@ -247,7 +250,7 @@ def through_actors(size: dict) -> dict:
                 "bench_consumer": {"actor": "bench.queue:Consumer", "depends_on": ["queue"],
                                    "options": {"recipient": RCPT, "max_in_flight": MAX_IN_FLIGHT}},
                 "bench_producer": {"actor": "bench.queue:Producer", "depends_on": ["queue"]}}
-    with BenchSwarm({"services": services}) as swarm:
+    with raw_system() as raw, BenchSwarm({"services": services}) as swarm:
         swarm.start()
         admin, asys = AdminClient(swarm.config), connect(swarm.config)
         found = {name: admin.call(protocol.ADMIN_LOOKUP, {"name": name})
@@ -258,8 +261,8 @@ def through_actors(size: dict) -> dict:
         cpu0, t0 = sum(queue_proc.cpu_times()[:2]), time.perf_counter()
         samples = [batched_once(asys, addr, size["n"]) for _ in range(REPS)]
         cpu = (sum(queue_proc.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
-        unbatched_result = unbatched(asys, addr["queue"], size["asks"], found["queue"]["pid"],
-                                     swarm.port)
+        unbatched_result = unbatched(asys, raw, addr["queue"], size["asks"],
+                                     found["queue"]["pid"])
         stats = protocol.decode(asys.ask(protocol.address_from_wire(addr["queue"]),
                                          protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
         if stats["depth"]["leased"] or stats["ready_by_recipient"].get(RCPT):
@@ -297,7 +300,7 @@ def concurrent_once(sync: str, group_ms: int, asks: int) -> dict:
         stats = protocol.decode(asys.ask(queue, protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
     gc = stats["group_commit"]
     return {"msgs_per_s": statistics.median(q for q, _ in rounds),
-            "raw_ask_per_s": statistics.median(e for _, e in rounds),
+            "echo_per_s": statistics.median(e for _, e in rounds),
             "ratio": statistics.median(q / e for q, e in rounds),
             "per_commit": gc["items"] / max(gc["commits"], 1)}
 
@@ -308,11 +311,11 @@ def concurrent(asks: int) -> dict:
                                 ("full_no_group", "FULL", 0)):
         got = concurrent_once(sync, group_ms, asks)
         out[f"concurrent_{key}_msgs_per_s"] = got["msgs_per_s"]
-        out[f"concurrent_{key}_raw_ask_per_s"] = got["raw_ask_per_s"]
-        out[f"concurrent_{key}_ratio_vs_raw_ask"] = got["ratio"]
+        out[f"concurrent_{key}_echo_per_s"] = got["echo_per_s"]
+        out[f"concurrent_{key}_ratio_vs_echo"] = got["ratio"]
         out[f"concurrent_{key}_requests_per_commit"] = got["per_commit"]
-    out["concurrent_full_group_gain"] = (out["concurrent_full_ratio_vs_raw_ask"]
-                                         / out["concurrent_full_no_group_ratio_vs_raw_ask"])
+    out["concurrent_full_group_gain"] = (out["concurrent_full_ratio_vs_echo"]
+                                         / out["concurrent_full_no_group_ratio_vs_echo"])
     return out
 
 

@@ -1,5 +1,5 @@
-"""Start and stop the actor system: loopback binding, actor loops on fresh threads, pid file,
-process sweep.
+"""Start and stop the actor system: loopback binding, actor loops on fresh threads waiting in
+one poll (``system.transport``), pid file, process sweep.
 
 Thespian binds every socket to 0.0.0.0 and accepts unauthenticated pickle; :func:`secure_bind`
 restricts binding to ``system.bind`` (127.0.0.1 by default) in this process and, by fork, in
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from system import protocol
+from system import protocol, transport
 from system.logs import log_defs, prepare_log_dir
 
 BASE = "multiprocTCPBase"
@@ -187,6 +187,7 @@ def boot(config: dict) -> dict:
         (root_dir / PID_FILE).unlink()
     secure_bind(system.get("bind", "127.0.0.1"))
     fresh_stack_actors()
+    transport.install()
     logs = log_defs(root_dir, system.get("log_level", "info"), system.get("log_max_bytes",
                     10 * 1024 * 1024), system.get("log_backups", 5),
                     sorted(config.get("_secret_values", [])))

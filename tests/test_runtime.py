@@ -76,12 +76,14 @@ def test_registry_restart_rebuilds_its_state_from_the_supervisors(swarm):
     assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 1}).b == {"x": 1}
 
 
-def test_actor_loops_run_on_a_fresh_thread_stack(swarm):
+def test_actor_loops_run_on_a_fresh_thread_stack_and_wait_in_one_poll(swarm):
     """The probe is forked inside its supervisor's handler, yet its loop starts on a new
-    thread with a shallow Python stack (see launcher.fresh_stack_actors)."""
-    where = swarm.ask("probe", protocol.TEST_WHERE).b  # without: MainThread, 83
+    thread with a shallow Python stack (see launcher.fresh_stack_actors), and Thespian's loop
+    in it waits with system.transport's poll selector."""
+    where = swarm.ask("probe", protocol.TEST_WHERE).b  # without: MainThread, 83, selectors
     assert where["thread"] == "actor"
     assert where["frames"] < 30, where
+    assert where["selectors"] == "PollSelectors"
 
 
 def test_hung_actor_is_detected_killed_and_restarted(swarm):

@@ -1,6 +1,7 @@
 """Registry: who runs where, in which state, and how healthy — polled with one periodic tick.
 
-Supervisors report their children with ``registry.update``; the registry pings every running
+Supervisors report their children with ``registry.update`` (accepted from the tree's
+supervisors only, see ``_reporters``); the registry pings every running
 actor each ``health.poll_interval_s``, SIGKILLs one that does not answer within
 ``health.timeout_s`` (its supervisor then restarts it), asks the health monitor for CPU/RSS
 samples, and answers lookups and status requests. After its own restart the supervisors
@@ -13,8 +14,11 @@ import time
 from actors.alerts import AlertRouter, alert
 from actors.status import Entry, snapshot
 from system import protocol
+from system.errors import PermanentError
 from system.launcher import kill_swarm_process
 from system.service import ServiceActor, handles
+
+HELD_REPORTERS, HELD_NAMES = 4, 1024
 
 
 class Registry(ServiceActor):
@@ -27,6 +31,7 @@ class Registry(ServiceActor):
         self.last_sample = 0.0
         self.alerts = AlertRouter()
         self.sinks: list[str] = []
+        self.held: dict[str, dict[str, dict]] = {}  # reporter -> name -> its latest report
 
     def on_start(self) -> None:
         self.registry = protocol.address_to_wire(self.myAddress)
@@ -60,10 +65,40 @@ class Registry(ServiceActor):
                 if entry is not None and entry.state == "running" and entry.addr:
                     self.send(protocol.address_from_wire(entry.addr), protocol.ALERT.encode(body))
 
+    # -- reports from the tree ---------------------------------------------------------------
+    def _reporters(self) -> set[str]:
+        """Who may report: the root, this registry's own supervisor, and every supervisor one of
+        them reported running: the tree's supervisors and nothing else. Anyone on the host can
+        reach the registry's port; a forged entry would show in status and be pinged."""
+        known = {e.addr for e in self.entries.values() if e.kind == "supervisor" and e.addr}
+        known.update(filter(None, (self.root, self.parent and
+                                   protocol.address_to_wire(self.parent))))
+        return known
+
+    def _check_reporter(self, sender, what: str, also: str | None = None) -> None:
+        if protocol.address_to_wire(sender) not in self._reporters() | {also}:
+            raise PermanentError(f"{what} is accepted from the tree's supervisors only")
+
     @handles(protocol.REGISTRY_UPDATE)
     def _update(self, env, sender) -> None:
-        b = env.b
         reporter = protocol.address_to_wire(sender)
+        if reporter in self._reporters():
+            self._apply(reporter, env.b)
+            return
+        # A supervisor can report its children before its parent's report of it arrives (it
+        # reports them while starting; its parent reports it once it has started): held until
+        # then, the latest report per name, for a few reporters at most.
+        held = self.held.setdefault(reporter, {})
+        held.pop(env.b["name"], None)
+        held[env.b["name"]] = env.b
+        if len(held) > HELD_NAMES:
+            del held[next(iter(held))]
+        if len(self.held) > HELD_REPORTERS:
+            oldest = next(iter(self.held))
+            self.log("warning", "unknown_reporter", f"ignored {len(self.held.pop(oldest))} "
+                     f"registry reports from {oldest}: not a supervisor of this tree")
+
+    def _apply(self, reporter: str, b: dict) -> None:
         entry = self.entries.setdefault(b["name"], Entry(b["name"]))
         epoch = b.get("epoch", 0.0)
         if epoch < entry.epoch:
@@ -80,14 +115,20 @@ class Registry(ServiceActor):
             self._forget_pings(entry.name)
         elif entry.addr == protocol.address_to_wire(self.myAddress):
             entry.health, entry.last_pong = "ok", time.time()
+        if entry.kind == "supervisor" and entry.addr in self.held:
+            for body in self.held.pop(entry.addr).values():  # its children, reported meanwhile
+                self._apply(entry.addr, body)
 
     @handles(protocol.REGISTRY_REMOVE)
     def _remove(self, env, sender) -> None:
+        self._check_reporter(sender, "registry.remove")
         self.entries.pop(env.b["name"], None)
         self._forget_pings(env.b["name"])
 
     @handles(protocol.REGISTRY_NOTE)
     def _note(self, env, sender) -> None:
+        monitor = self.entries.get("health")
+        self._check_reporter(sender, "registry.note", monitor.addr if monitor else None)
         entry = self.entries.get(env.b["name"])
         if entry is not None:
             entry.set_error(env.b["error"], time.time())

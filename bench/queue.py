@@ -10,14 +10,15 @@ loss or an OS crash (``FULL`` would fsync every commit).
    ``QueueConsumer`` mixin, max_in_flight 5,000) that acks each batch; timed from the first
    enqueue to the reply to the ack that completes N (i.e. that ack's commit). Median of 3;
    ``queue_actor_cpu_batched`` is the queue process's CPU share meanwhile (1.0 = one core).
-2. unbatched: a producer actor in the swarm (``bench.queue:Asker``) enqueues one item per
-   request, the next after the reply (each answered after its commit), vs the same actor class
-   asking an echo actor in a stock Thespian system (``bench.common.raw_system``: Thespian as
-   shipped, without ``system.transport``'s poll loop) -> ``unbatched_ratio_vs_raw_ask``; and
-   vs an echo actor in the swarm (the queue's own transport) ->
-   ``unbatched_ratio_vs_swarm_echo``. Rounds of ROUND requests, the three back to back in a
-   rotating order; each ratio is the median of the per-round ratios. Also the CPU time the
-   queue and the swarm's echo spend per request.
+2. unbatched, one item per request, the next after the reply (each answered after its commit):
+   a producer actor in the swarm (``bench.queue:Asker``) against the queue, vs the same actor
+   class asking an echo actor in a stock Thespian system (``bench.common.raw_system``: Thespian
+   as shipped, without ``system.transport``'s poll loop) -> ``unbatched_ratio_vs_raw_ask``; vs
+   an echo actor in the swarm (the queue's own transport) -> ``unbatched_ratio_vs_swarm_echo``;
+   and this process as an external client (Thespian's own transport, like the CLI) against the
+   queue vs against the stock echo -> ``unbatched_external_ratio_vs_raw_ask``. Rounds of ROUND
+   requests, the five cases back to back in a rotating order; each ratio is the median of the
+   per-round ratios. Also the queue's CPU time per request.
 3. persist-queue ``SQLiteAckQueue`` (put N, then get+ack N) at synchronous=NORMAL like ours
    (``persist_queue_*``) and at its default FULL (``persist_queue_default_*``); litequeue
    (put N, then pop+done N; it sets NORMAL itself). Drain and put rates with a smaller N: both
@@ -201,47 +202,66 @@ def batched_once(asys, addr: dict, n: int) -> float:
 
 
 def unbatched(asys, raw, queue_addr: str, asks: int, queue_pid: int) -> dict:
-    """Requests/s of one Asker in the swarm against the queue and the swarm's echo, and of one
-    in the stock system against its echo, in rounds of ROUND requests, the three back to back
-    (the order rotates). The median of the per-round ratios keeps a burst of load from another
-    process on this shared machine, which lands in one case of one round, from deciding the
-    result. Also the CPU time the queue and the swarm's echo spend per request."""
+    """Requests/s, one request at a time, of: an Asker in the swarm against the queue and
+    against the swarm's echo; an Asker in the stock system against its echo; this process (an
+    external client on Thespian's own transport) against the queue and against the stock echo.
+    In rounds of ROUND requests, the five back to back (the order rotates). The median of the
+    per-round ratios keeps a burst of load from another process on this shared machine, which
+    lands in one case of one round, from deciding the result. Also the queue's CPU time per
+    request."""
     queue = protocol.address_from_wire(queue_addr)
     data = protocol.QUEUE_ENQUEUE.encode({"items": [{"recipient": RCPT + "-unbatched",
                                                       "payload": PAYLOAD}]})  # nobody consumes it
     echo, asker = asys.createActor("bench.queue.Echo"), asys.createActor("bench.queue.Asker")
-    cases = [(asys, asker, queue), (asys, asker, echo),
-             (raw, raw.createActor("bench.queue.Asker"), raw.createActor("bench.queue.Echo"))]
+    raw_echo, raw_asker = raw.createActor("bench.queue.Echo"), raw.createActor("bench.queue.Asker")
 
-    def seconds(case, n: int) -> float:
-        system, who, target = case
-        reply = system.ask(who, ("run", target, n, data), TIMEOUT_S)
-        if not (isinstance(reply, tuple) and reply[0] == "done"):
-            raise RuntimeError(f"an asker did not finish: {reply!r:.200}")
-        return reply[1]
+    def by_actor(system, who, target):
+        def run(n: int) -> float:
+            reply = system.ask(who, ("run", target, n, data), TIMEOUT_S)
+            if not (isinstance(reply, tuple) and reply[0] == "done"):
+                raise RuntimeError(f"an asker did not finish: {reply!r:.200}")
+            return reply[1]
+        return run
+
+    def by_client(system, target):
+        def run(n: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                if system.ask(target, data, TIMEOUT_S) is None:
+                    raise RuntimeError("no answer to an external ask")
+            return time.perf_counter() - t0
+        return run
 
     def enqueued() -> int:
         stats = protocol.decode(asys.ask(queue, protocol.QUEUE_STATS.encode(), TIMEOUT_S)).b
         return stats["totals"].get("enqueued", 0)
 
+    cases = [by_actor(asys, asker, queue), by_actor(asys, asker, echo),
+             by_actor(raw, raw_asker, raw_echo), by_client(asys, queue), by_client(raw, raw_echo)]
     for case in cases:  # warm-up
-        seconds(case, 20)
+        case(20)
     queue_proc, first, rounds = psutil.Process(queue_pid), enqueued(), []
     cpu0 = sum(queue_proc.cpu_times()[:2])
     for r in range(asks // ROUND):
-        took = [0.0, 0.0, 0.0]
-        for i in (r % 3, (r + 1) % 3, (r + 2) % 3):
-            took[i] = seconds(cases[i], ROUND)
+        took = [0.0] * len(cases)
+        for i in range(len(cases)):
+            k = (r + i) % len(cases)
+            took[k] = cases[k](ROUND)
         rounds.append(took)
     n = len(rounds) * ROUND
-    cpu = (sum(queue_proc.cpu_times()[:2]) - cpu0) / n * 1e6
-    if enqueued() - first != n:
-        raise RuntimeError(f"{n} enqueues asked, {enqueued() - first} accepted")
-    spent = [sum(t[i] for t in rounds) for i in range(3)]
-    return {"unbatched_msgs_per_s": n / spent[0], "swarm_echo_ask_per_s": n / spent[1],
-            "raw_ask_per_s": n / spent[2],
-            "unbatched_ratio_vs_raw_ask": statistics.median(t[2] / t[0] for t in rounds),
-            "unbatched_ratio_vs_swarm_echo": statistics.median(t[1] / t[0] for t in rounds),
+    cpu = (sum(queue_proc.cpu_times()[:2]) - cpu0) / (2 * n) * 1e6
+    if enqueued() - first != 2 * n:
+        raise RuntimeError(f"{2 * n} enqueues asked, {enqueued() - first} accepted")
+    rate = [n / sum(t[i] for t in rounds) for i in range(len(cases))]
+
+    def ratio(peer: int, case: int) -> float:
+        return statistics.median(t[peer] / t[case] for t in rounds)
+
+    return {"unbatched_msgs_per_s": rate[0], "swarm_echo_ask_per_s": rate[1],
+            "raw_ask_per_s": rate[2], "unbatched_ratio_vs_raw_ask": ratio(2, 0),
+            "unbatched_ratio_vs_swarm_echo": ratio(1, 0),
+            "unbatched_external_msgs_per_s": rate[3], "raw_external_ask_per_s": rate[4],
+            "unbatched_external_ratio_vs_raw_ask": ratio(4, 3),
             "unbatched_queue_cpu_us_per_ask": cpu}
 
 

@@ -52,6 +52,55 @@ def test_lifecycle_messages_from_outside_the_tree_are_refused(shared_swarm):
     assert shared_swarm.ask("probe", protocol.HEALTH_PING).t == protocol.HEALTH_PONG.name
 
 
+def test_registry_reports_from_outside_the_tree_never_show(shared_swarm):
+    """A forged registry.update is held (it might come from a supervisor whose own report is
+    on its way) and never applied; remove and note are refused outright."""
+    bogus = {"name": "bogus", "state": "running", "kind": "service", "pid": 1,
+             "addr": "tcp:127.0.0.1:1", "epoch": time.time()}
+    _raw_tell(shared_swarm, "registry", protocol.REGISTRY_UPDATE.encode(bogus))
+    for mtype, body in ((protocol.REGISTRY_REMOVE, {"name": "probe"}),
+                        (protocol.REGISTRY_NOTE, {"name": "probe", "error": "forged"})):
+        reply = _raw_ask(shared_swarm, "registry", mtype.encode(body))
+        assert reply.t == "error" and reply.b["code"] == "permanent", (mtype.name, reply)
+    time.sleep(0.5)
+    services = shared_swarm.status()["services"]
+    assert "bogus" not in services and services["probe"]["state"] == "running"
+    assert "forged" not in str(services["probe"])
+
+
+def test_registry_applies_a_supervisors_early_reports_once_it_is_vouched_for():
+    from actors.registry import HELD_REPORTERS, Registry
+
+    def addr(port: int):
+        return protocol.address_from_wire(f"tcp:127.0.0.1:{port}")
+
+    class Detached(Registry):  # no actor system: its own address is fixed
+        myAddress = addr(999)
+
+    reg, logged = Detached(), []
+    reg.root, reg.parent = "tcp:127.0.0.1:1000", addr(1001)
+    reg.send = lambda to, msg: None
+    reg.log = lambda level, event, text, **kw: logged.append(event)
+
+    def update(port: int, **body) -> None:
+        env = protocol.decode(protocol.REGISTRY_UPDATE.encode({"epoch": 1.0, **body}))
+        reg._update(env, addr(port))
+
+    update(1002, name="worker", state="running", kind="service", addr="tcp:127.0.0.1:2000")
+    assert "worker" not in reg.entries  # services reported its child before root reported it
+    update(1000, name="services", state="running", kind="supervisor", addr="tcp:127.0.0.1:1002")
+    assert reg.entries["worker"].parent_addr == "tcp:127.0.0.1:1002"
+    update(1001, name="health", state="running", kind="core", addr="tcp:127.0.0.1:1003")
+    assert set(reg.entries) == {"worker", "services", "health"}
+    for port in range(5000, 5001 + HELD_REPORTERS):  # strangers: held, the oldest dropped
+        update(port, name=f"fake{port}", state="running", kind="supervisor", addr="tcp:x:1")
+    assert set(reg.entries) == {"worker", "services", "health"}
+    assert len(reg.held) == HELD_REPORTERS and logged == ["unknown_reporter"]
+    update(1000, name="services", state="stopped", kind="supervisor", addr=None)
+    update(1002, name="worker", state="failed", kind="service")  # no longer vouched for
+    assert reg.entries["worker"].state == "running"
+
+
 def test_only_processes_of_the_swarm_are_killed_by_pid(monkeypatch):
     import os
     import subprocess
@@ -72,6 +121,15 @@ def test_only_processes_of_the_swarm_are_killed_by_pid(monkeypatch):
         for proc in (stranger, ours):
             proc.kill()
             proc.wait()
+
+
+def _raw_tell(swarm, name, data: bytes) -> None:
+    from system.admin import AdminClient
+    from system.launcher import connect
+
+    found = AdminClient(swarm.config).call(protocol.ADMIN_LOOKUP, {"name": name})
+    with connect(swarm.config).private() as ctx:
+        ctx.tell(protocol.address_from_wire(found["addr"]), data)
 
 
 def _raw_ask(swarm, name, data: bytes) -> protocol.Envelope:

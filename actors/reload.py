@@ -28,9 +28,13 @@ class ReloadOutcome:
     summary: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     at: float = field(default_factory=time.time)
+    previous: ReloadOutcome | None = None
+    """For a reload that found nothing new: the last one that changed something (the watcher
+    may have applied the edit moments before the operator's ``swarm reload``)."""
 
     def view(self) -> dict:
-        return {"ok": self.ok, "at": self.at, "summary": self.summary, "errors": self.errors}
+        return {"ok": self.ok, "at": self.at, "summary": self.summary, "errors": self.errors,
+                "previous": self.previous.view() if self.previous else None}
 
 
 def describe_change(old: dict, new: dict) -> dict:
@@ -58,6 +62,7 @@ class ConfigWatcher:
         self.next_check = 0.0
         self.seen = self._fingerprint()
         self.last: ReloadOutcome | None = None
+        self.applied: ReloadOutcome | None = None  # the last reload that changed something
 
     def _fingerprint(self) -> tuple[float, str] | None:
         if self.path is None:
@@ -90,6 +95,9 @@ class ConfigWatcher:
             return self.last
         new = cfg.runtime()
         summary = describe_change(self.current, new)
-        self.last = ReloadOutcome(True, new, summary)
+        empty = summary["empty"]
+        self.last = ReloadOutcome(True, new, summary, previous=self.applied if empty else None)
+        if not empty:
+            self.applied = self.last
         self.current = new
         return self.last

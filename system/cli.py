@@ -273,6 +273,14 @@ def cmd_queue(args) -> int:
     return 0
 
 
+def _changes(summary: dict) -> str:
+    parts = [f"{what}: {', '.join(summary[what])}" for what in ("added", "removed")
+             if summary[what]]
+    parts += [f"changed {name} ({', '.join(keys)})" for name, keys in summary["changed"].items()]
+    parts += [what for what in ("supervision", "health", "alerts", "agents") if summary[what]]
+    return "; ".join(parts) or "system settings"
+
+
 def cmd_reload(args) -> int:
     cfg = _config(args)  # validated here too: a bad file fails fast with every error
     reply = AdminClient(cfg.data).call(protocol.ADMIN_RELOAD)
@@ -281,15 +289,16 @@ def cmd_reload(args) -> int:
 
 
 def _print_reload(reply: dict) -> None:
-    summary = reply["summary"]
+    summary, previous = reply["summary"], reply.get("previous")
     if summary.get("empty"):
-        print("config reloaded: nothing changed")
+        if previous:  # the file watcher may have applied the edit a moment ago
+            at = time.strftime("%H:%M:%S", time.localtime(previous["at"]))
+            print(f"config reloaded: nothing changed since the reload at {at} "
+                  f"({_changes(previous['summary'])})")
+        else:
+            print("config reloaded: nothing changed")
         return
-    parts = [f"{what}: {', '.join(summary[what])}" for what in ("added", "removed")
-             if summary[what]]
-    parts += [f"changed {name} ({', '.join(keys)})" for name, keys in summary["changed"].items()]
-    parts += [what for what in ("supervision", "health", "alerts", "agents") if summary[what]]
-    print("config reloaded: " + ("; ".join(parts) or "system settings"))
+    print("config reloaded: " + _changes(summary))
     if summary["needs_full_restart"]:
         print("needs `swarm stop` + `swarm start` to apply: "
               + ", ".join(summary["needs_full_restart"]))

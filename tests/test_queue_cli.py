@@ -86,7 +86,8 @@ def test_batches_are_capped_by_bytes_and_a_failed_batch_reports_what_was_not_sen
 def cs(tmp_path_factory):
     s = Swarm(tmp_path_factory.mktemp("qcli"), {
         "agents": {"names": ["Agent-1"]},
-        "services": {"queue": {"enabled": True, "batch_max": 3}}})
+        "services": {"queue": {"enabled": True, "batch_max": 3,
+                               "agent_throttle": {"per_minute": 2}}}})
     s.start()
     yield s
     s.cleanup()
@@ -153,6 +154,18 @@ def test_send_rejections_and_usage_errors_are_one_line(cs):
     one_line_error(cs.cli("send", "Agent-1", check=False), "needs RECIPIENT and TEXT")
     one_line_error(cs.cli("send", "--file", str(cs.dir / "nope.jsonl"), check=False),
                    "cannot read")
+
+
+def test_an_agent_over_its_throttle_is_refused_with_the_wait(cs):
+    for _ in range(2):
+        assert cs.cli("send", "Agent-1", "ping", "--sender", "Agent-7").stdout.strip()
+    refused = cs.cli("send", "Agent-1", "ping", "--sender", "Agent-7", check=False)
+    one_line_error(refused, "rejected: throttled: Agent-7 sent 2 messages to agents in the last "
+                   "60s (agent_throttle.per_minute 2); retry in ")
+    assert cs.cli("send", "ops", "to a person", "--sender", "Agent-7").stdout.strip()
+    assert cs.cli("send", "Agent-1", "from a person", "--sender", "ops").stdout.strip()
+    assert queue_stats(cs)["throttled"] == 1
+    assert "throttled agent messages (agent_throttle): 1" in cs.cli("queue", "stats").stdout
 
 
 def test_send_file_reports_counts_and_line_numbers(cs):

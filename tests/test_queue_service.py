@@ -157,6 +157,39 @@ def test_a_consumer_renews_at_least_three_times_per_subscription_ttl():
     assert looked_up == [1]
 
 
+def test_agent_throttle_caps_gaps_and_windows_per_sending_agent():
+    agents = {"a", "b", "c"}.__contains__
+    t = core.AgentThrottle(agents, min_gap_s=1.0, per_minute=3, per_hour=4)
+    assert t.admit("a", "b", 0.0) is None
+    assert "min_gap_s 1); retry in 0.5s" in t.admit("a", "b", 0.5)
+    assert t.admit("a", "c", 1.0) is None and t.admit("a", "b", 2.0) is None
+    assert t.admit("b", "a", 2.0) is None  # each agent has its own windows
+    assert t.admit("a", "ops", 2.5) is None and t.admit("ops", "a", 2.5) is None  # a person
+    assert t.admit(None, "a", 2.5) is None
+    why = t.admit("a", "b", 30.0)
+    assert why == ("throttled: a sent 3 messages to agents in the last 60s "
+                   "(agent_throttle.per_minute 3); retry in 30s")
+    assert t.admit("a", "b", 60.0) is None  # the first one left the minute
+    assert "per_hour 4); retry in 3400s" in t.admit("a", "b", 200.0)  # the first at 0
+    assert t.admit("a", "b", 3600.0) is None and t.refused == 3
+    t.forget_idle(3600.0 + 3601.0)
+    assert t.sent == {}
+    off = core.AgentThrottle(agents)
+    assert off.span == 0 and all(off.admit("a", "b", 0.0) is None for _ in range(100))
+
+
+def test_group_commit_refuses_throttled_items_by_index():
+    throttle = core.AgentThrottle({"a", "b"}.__contains__, per_minute=2)
+    group = core.GroupCommit(1 << 20, throttle=throttle)
+    items = [{"recipient": "b", "sender": "a", "text": str(i)} for i in range(3)]
+    items.append({"recipient": "ops", "sender": "a", "text": "to a person"})
+    group.add("S", "E", items, now=10.0)
+    taken, requests = group.take()
+    assert [i["recipient"] for i in taken] == ["b", "b", "ops"]
+    assert [i for i, _ in requests[0].rejected] == [2]
+    assert requests[0].rejected[0][1].startswith("throttled: a sent 2 messages")
+
+
 def test_allocate_shares_a_round_fairly_and_rotates_who_goes_first():
     assert core.allocate({"a": 100, "b": 1, "c": 3}, 9, 0) == [("a", 5), ("b", 1), ("c", 3)]
     assert core.allocate({"a": 100, "b": 100}, 3, 0) == [("a", 2), ("b", 1)]

@@ -17,7 +17,7 @@ def test_live_keys_apply_without_a_restart_and_others_restart_the_service(swarm)
     swarm.rewrite({"services": {"probe": {"log_level": "debug"}},
                    "health": {"poll_interval_s": 0.3},
                    "supervision": {"services": {"max_restarts": 50}}})
-    out = swarm.cli("reload").stdout
+    out = swarm.cli("reload").stdout  # or the watcher got there first: then it says so
     assert "changed probe (log_level)" in out and "health" in out and "supervision" in out
     after = swarm.status()["services"]
     assert {n: v["pid"] for n, v in after.items()} == {n: v["pid"] for n, v in before.items()}
@@ -73,3 +73,26 @@ def test_the_config_file_is_watched_and_reloaded_by_itself(swarm):
                             and s["services"]["probe"]["healthy"], timeout=15,
                             what="automatic reload")
     assert status["config"]["last_reload"]["ok"] is True
+
+
+def test_a_reload_right_after_the_watchers_says_what_that_one_changed(tmp_path, capsys):
+    """The admin's watcher may apply an edit moments before the operator's `swarm reload`,
+    which then finds nothing new: it says what the last reload changed, and when."""
+    from actors.reload import ConfigWatcher
+    from system.cli import _print_reload
+    from system.config import load_config
+
+    path = tmp_path / "swarm.yaml"
+    path.write_text(yaml.safe_dump({"health": {"poll_interval_s": 1.0}}))
+    watcher = ConfigWatcher(str(path), load_config(str(path)).runtime())
+    path.write_text(yaml.safe_dump({"health": {"poll_interval_s": 0.5}}))
+    applied = watcher.reload()  # the watcher's
+    assert applied.summary["health"] and applied.previous is None
+    again = watcher.reload().view()  # the operator's, a moment later
+    assert again["summary"]["empty"] and again["previous"]["summary"]["health"]
+    _print_reload(again)
+    out = capsys.readouterr().out
+    assert out.startswith("config reloaded: nothing changed since the reload at ")
+    assert out.rstrip().endswith("(health)")
+    _print_reload(ConfigWatcher(str(path), load_config(str(path)).runtime()).reload().view())
+    assert capsys.readouterr().out == "config reloaded: nothing changed\n"

@@ -241,6 +241,8 @@ def print_stats(s: dict) -> None:
     inbox = s["inbox"]
     if inbox["enabled"]:
         print(f"inbox:    delivered {inbox['delivered']}, failed {inbox['failed']}")
+    if s.get("throttled"):
+        print(f"throttled agent messages (agent_throttle): {s['throttled']}")
     if s["ready_by_recipient"]:
         print("ready by recipient: " + ", ".join(
             f"{_shown(r)} {n}" for r, n in s["ready_by_recipient"].items())

@@ -10,6 +10,7 @@ rates, latency and health. No Thespian, no SQLite: the actor shell (``service.py
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,9 +78,11 @@ class GroupCommit:
     that went quiet hold a group back only until the window timer of the caller fires.
     """
 
-    def __init__(self, max_payload: int, active_s: float = 0.02):
+    def __init__(self, max_payload: int, active_s: float = 0.02,
+                 throttle: AgentThrottle | None = None):
         self.max_payload = max_payload
         self.active_s = active_s
+        self.throttle = throttle
         self.requests: list[_Request] = []
         self.items: list[dict] = []
         self.seen: dict[str, float] = {}  # producer -> time of its last request
@@ -108,6 +111,9 @@ class GroupCommit:
         req = _Request(sender, env, len(items), producer)
         for i, item in enumerate(items):
             norm, reason = normalize(item, self.max_payload)
+            if norm is not None and self.throttle is not None:
+                reason = self.throttle.admit(norm.get("sender"), norm.get("recipient"), now)
+                norm = None if reason else norm
             if norm is None:
                 req.rejected.append((i, reason))
             else:
@@ -408,6 +414,54 @@ class InboxRoute:
                 self._known.clear()
             self._known[recipient] = routed
         return routed
+
+
+class AgentThrottle:
+    """Caps on the messages one agent sends to agents (sender and recipient both agents, by
+    ``is_agent``): at most ``per_minute`` / ``per_hour`` / ``per_day`` in a sliding window, and
+    ``min_gap_s`` apart; 0 turns a cap off. Two agents answering each other in a loop would
+    otherwise fill both inboxes as fast as they can write. A message over a cap is refused
+    with the wait after which it would be admitted. The windows are kept in memory: a restart
+    of the queue starts them afresh."""
+
+    WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86_400.0))
+
+    def __init__(self, is_agent: Callable[[str], bool], min_gap_s: float = 0.0,
+                 per_minute: int = 0, per_hour: int = 0, per_day: int = 0):
+        self.is_agent, self.min_gap_s = is_agent, min_gap_s
+        caps = (per_minute, per_hour, per_day)
+        self.caps = [(name, span, cap) for (name, span), cap in zip(self.WINDOWS, caps) if cap]
+        self.span = max([span for _, span, _ in self.caps] + [min_gap_s])
+        self.sent: dict[str, list[float]] = {}  # agent -> times of its admitted agent messages
+        self.refused = 0
+
+    def admit(self, sender: Any, recipient: Any, now: float) -> str | None:
+        """None (and counted) if the message may go, else why not."""
+        if not self.span or not isinstance(sender, str) or not isinstance(recipient, str) \
+                or not (self.is_agent(sender) and self.is_agent(recipient)):
+            return None
+        times = self.sent.setdefault(sender, [])
+        del times[:bisect_right(times, now - self.span)]
+        if times and now - times[-1] < self.min_gap_s:
+            self.refused += 1
+            return (f"throttled: {sender} sent a message to an agent {now - times[-1]:.1f}s ago"
+                    f" (agent_throttle.min_gap_s {self.min_gap_s:g}); retry in "
+                    f"{times[-1] + self.min_gap_s - now:.1f}s")
+        for name, span, cap in self.caps:
+            recent = len(times) - bisect_right(times, now - span)
+            if recent >= cap:
+                self.refused += 1
+                return (f"throttled: {sender} sent {recent} messages to agents in the last "
+                        f"{span:g}s (agent_throttle.{name} {cap}); retry in "
+                        f"{times[-cap] + span - now:.0f}s")
+        times.append(now)
+        return None
+
+    def forget_idle(self, now: float) -> None:
+        """Drop agents with nothing sent within the longest window (names can be invented)."""
+        for sender in [s for s, times in self.sent.items() if not times
+                       or now - times[-1] > self.span]:
+            del self.sent[sender]
 
 
 # -- statistics ------------------------------------------------------------------------------------

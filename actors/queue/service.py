@@ -10,7 +10,8 @@ requests are collected until every producer active in the last moments has one i
 ``batch_max`` items are pending, or ``group_commit_ms`` has passed since the group's first
 request; then they are committed in ONE transaction. A lone producer is committed at once.
 With NORMAL (no fsync per commit) or ``group_commit_ms: 0`` every request is committed at
-once. Delivery:
+once. An item from an agent to an agent over its ``agent_throttle`` caps is rejected with the
+wait (:class:`core.AgentThrottle`). Delivery:
 a subscriber with room for a recipient that has nothing ready gets the new messages in the
 same transaction, stored already leased to it, and their ``queue.deliver`` right after the
 replies (nothing waits, nothing is read back); everything else runs on a short "pump" wake-up,
@@ -116,6 +117,7 @@ class QueueService(ServiceActor):
         self.purge_more, self.dead_expired = False, 0  # a retention backlog; its dead count
         self.inbox_cost_s = 0.001  # EWMA of one inbox file write
         self.inbox_done = self.inbox_failed = 0
+        self.throttle = core.AgentThrottle(lambda name: False)  # configured in on_start
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -134,8 +136,15 @@ class QueueService(ServiceActor):
         self.fail_after = int(cfg.get("storage_errors_failing", 3))
         self.idle_expiries_max = int(cfg.get("subscriber_idle_expiries", 3))
         self.sub_ttl_s = float(cfg.get("subscription_ttl_s", 60))
+        names = list(self.config.get("agents", {}).get("names") or [])
+        caps = cfg.get("agent_throttle") or {}
+        self.throttle = core.AgentThrottle(
+            core.InboxRoute(True, names, cfg.get("inbox_pattern", "Agent-*")),
+            float(caps.get("min_gap_s", 0)), *(int(caps.get(name, 0))
+                                                for name, _ in core.AgentThrottle.WINDOWS))
         self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)),
-                                      active_s=max(0.02, 10 * self.group_commit_s))
+                                      active_s=max(0.02, 10 * self.group_commit_s),
+                                      throttle=self.throttle if self.throttle.span else None)
         retry_base = float(cfg.get("retry_base_s", 1.0))
         self.tick_s = min(1.0, max(0.05, min(self.lease_s, retry_base) / 2))
         data_dir = Path(self.config.get("system", {}).get("data_dir", "."))
@@ -150,7 +159,6 @@ class QueueService(ServiceActor):
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the queue database {self.db_path}: {exc}") from exc
         agents = self.config.get("agents", {})
-        names = list(agents.get("names") or [])
         enabled = bool(cfg.get("inbox_enabled", True))
         self.route = core.InboxRoute(enabled, names, cfg.get("inbox_pattern", "Agent-*"))
         released = swept = 0
@@ -263,6 +271,7 @@ class QueueService(ServiceActor):
         """Retention deletes, PURGE_LIMIT rows each: a backlog is worked off one batch per
         tick (health pings are answered in between), then every purge_interval_s again."""
         self.last_purge = time.monotonic()
+        self.throttle.forget_idle(time.monotonic())
         acked = self._db(self.store.purge_acked, self.retention_s, PURGE_LIMIT)
         dead = self._db(self.store.purge_dead, self.dead_retention_s, PURGE_LIMIT) \
             if self.dead_retention_s > 0 else 0
@@ -529,6 +538,7 @@ class QueueService(ServiceActor):
                    "failed": self.inbox_failed, "ms_per_file": round(self.inbox_cost_s * 1e3, 3)},
             group_commit={"window_ms": self.group_commit_s * 1000, "commits": self.group.commits,
                           "items": self.group.committed_items, "largest": self.group.largest},
+            throttled=self.throttle.refused,
             health={"status": status, "detail": detail}, storage_errors=self.storage_errors,
             incarnation=self.incarnation, db_path=str(self.db_path))
         self.reply(sender, env, protocol.OK, stats)

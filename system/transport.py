@@ -29,7 +29,8 @@ class PollSelector:
     ValueError at ``register``; an fd that is not open makes ``select`` raise OSError(EBADF)
     (epoll refuses it at ``register``; Thespian catches both from the same ``try``). The same fd
     registered twice waits for both events (epoll raised KeyError, which Thespian never
-    triggers)."""
+    triggers). Watch only sockets and pipes (``ThespianWatch``): poll reports a regular file as
+    always readable, where epoll refuses it (EPERM)."""
 
     __slots__ = ("_masks",)
 
@@ -37,7 +38,13 @@ class PollSelector:
         self._masks: dict[int, int] = {}
 
     def register(self, fileobj, events: int, data=None) -> None:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if isinstance(fileobj, int):
+            fd = fileobj
+        else:  # as selectors does: anything without a usable fileno() is a ValueError
+            try:
+                fd = int(fileobj.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fileobj!r}") from None
         if fd < 0:
             raise ValueError(f"Invalid file descriptor: {fd}")
         mask = (select.POLLIN if events & EVENT_READ else 0) | \

@@ -50,6 +50,14 @@ def test_deliver_writes_header_block_then_text_body(sink, tmp_path):
         "Hello **alice**\n")
 
 
+def test_message_headers_follow_the_fixed_lines_one_per_line(sink):
+    headers = {"Tags": "build, ci", "from": "forged", "Note": "two\nlines", "": "x"}
+    text = sink.deliver(message(headers=headers)).read_text(encoding="utf-8")
+    head = text.split("\n\n")[0].splitlines()
+    assert head[1:3] == ["From: bob", "To: alice"] and head[6] == "Message-Id: 01HXYZ"
+    assert head[7:] == ["Header-: x", "Note: two lines", "Tags: build, ci", "Header-from: forged"]
+
+
 @pytest.mark.parametrize(("value", "body"), [
     ("plain ünïcode", "plain ünïcode"),
     ({"text": "from dict", "extra": 1}, "from dict"),

@@ -85,8 +85,13 @@ def render_body(payload: bytes) -> str:
     return f"```json\n{text}\n```"
 
 
+_FIXED = {"from", "to", "priority", "type", "timestamp", "message-id"}
+
+
 def render(msg: Any) -> str:
-    """The inbox file text: the header block, a blank line, the body, a final newline."""
+    """The inbox file text: the header block (then one line per message header, sorted; one
+    named like a fixed line gets a ``Header-`` prefix), a blank line, the body, a final
+    newline."""
     mid = _field(msg, "id")
     prio = _field(msg, "priority")
     with suppress(ValueError):  # unknown: shown as given
@@ -100,6 +105,12 @@ def render(msg: Any) -> str:
               f"To: {_one_line(_field(msg, 'recipient'))}", f"Priority: {_one_line(prio)}",
               f"Type: {_one_line(_field(msg, 'type'))}", f"Timestamp: {stamp}",
               f"Message-Id: {mid}"]
+    headers = msg.get("headers") if isinstance(msg, Mapping) else getattr(msg, "headers", None)
+    for key, value in sorted((headers or {}).items()):  # e.g. Tags: build, ci
+        name = _one_line(key).strip()
+        if not name or name.lower() in _FIXED:
+            name = "Header-" + name
+        header.append(f"{name}: {_one_line(value)}")
     body = render_body(_field(msg, "payload"))
     return "\n".join(header) + "\n\n" + body + ("" if body.endswith("\n") else "\n")
 

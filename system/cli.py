@@ -201,8 +201,9 @@ def cmd_send(args) -> int:
     if args.file:
         if args.recipient or args.text is not None:
             return _fail("give RECIPIENT TEXT or --file, not both")
-        if any(v is not None for v in (args.priority, args.type, args.id, args.sender)):
-            return _fail("--priority, --type, --id and --sender are for one message; "
+        if args.header or any(v is not None for v in (args.priority, args.type, args.id,
+                                                      args.sender)):
+            return _fail("--priority, --type, --id, --sender and --header are for one message; "
                          "in a --file give them on each line")
         try:
             with open(args.file, "rb") as handle:
@@ -223,7 +224,7 @@ def cmd_send(args) -> int:
         return _fail("send needs RECIPIENT and TEXT, or --file F.jsonl")
     try:
         item = qc.text_item(args.recipient, args.text, priority=args.priority, type=args.type,
-                            id=args.id, sender=args.sender)
+                            id=args.id, sender=args.sender, headers=args.header)
     except ValueError as exc:
         return _fail(str(exc))
     reply = AdminClient(cfg.data).call(protocol.ADMIN_SEND, {"items": [item]})
@@ -426,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default=None, metavar="T", help="message type (default text)")
     p.add_argument("--id", default=None, metavar="ID", help="message id (a re-send is a duplicate)")
     p.add_argument("--sender", default=None, metavar="S", help="sender name (default cli)")
+    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                   help="a message header, shown in an inbox file as 'KEY: VALUE' (repeatable)")
     p.add_argument("--file", default=None, metavar="F.jsonl",
                    help="one JSON object per line: recipient, text|payload, priority, type, id, "
                         "sender, headers, delay_s (exit 1 if any line is rejected)")

@@ -129,6 +129,10 @@ def test_send_prints_the_id_and_says_duplicate(cs):
         "id": "cli-1", "duplicate": True}
     note = wait(lambda: (inbox / "cli-1.md").exists() and (inbox / "cli-1.md").read_text())
     assert "Priority: urgent" in note and "Type: note" in note
+    tagged = cs.cli("send", "Agent-1", "see build", "--header", "Tags=build, ci",
+                    "--header", "Ticket=T-1=2").stdout.strip()
+    text = wait(lambda: (inbox / f"{tagged}.md").exists() and (inbox / f"{tagged}.md").read_text())
+    assert "Message-Id: " + tagged + "\nTags: build, ci\nTicket: T-1=2\n\nsee build" in text
 
 
 def test_send_rejections_and_usage_errors_are_one_line(cs):
@@ -140,6 +144,9 @@ def test_send_rejections_and_usage_errors_are_one_line(cs):
                    "--sender must not be empty")
     one_line_error(cs.cli("send", "--file", "f.jsonl", "--priority", "high", check=False),
                    "in a --file give them on each line")
+    for bad in ("Tags", "=x", " =x"):
+        one_line_error(cs.cli("send", "Agent-1", "x", "--header", bad, check=False),
+                       "--header takes KEY=VALUE with a non-empty KEY")
     for recipient, reason in (("Agent-1 ", "leading/trailing spaces"),
                               ("Agent-\nFAKE row", "control characters")):
         one_line_error(cs.cli("send", recipient, "x", check=False), "rejected: recipient has",

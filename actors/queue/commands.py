@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import msgpack
@@ -26,12 +26,17 @@ _new_id = IdGenerator(time.time)
 
 def text_item(recipient: str, text: str, *, priority: str | None = None,
               type: str | None = None, id: str | None = None,
-              sender: str | None = None) -> dict:
+              sender: str | None = None, headers: Sequence[str] = ()) -> dict:
     """One ``swarm send`` item. The CLI assigns the id when none is given, so that a retried
-    admin call is deduplicated instead of enqueued twice. ValueError names an argument that
-    cannot be sent (empty, or not valid UTF-8: bytes the shell passed through undecoded)."""
+    admin call is deduplicated instead of enqueued twice. ``headers``: ``KEY=VALUE`` strings.
+    ValueError names an argument that cannot be sent (empty, not ``KEY=VALUE``, or not valid
+    UTF-8: bytes the shell passed through undecoded)."""
+    if any("=" not in h or not h.partition("=")[0].strip() for h in headers):
+        raise ValueError("--header takes KEY=VALUE with a non-empty KEY")
+    pairs = dict(h.partition("=")[::2] for h in headers)
     for name, value in (("RECIPIENT", recipient), ("TEXT", text), ("--type", type),
-                        ("--id", id), ("--sender", sender)):
+                        ("--id", id), ("--sender", sender),
+                        *(("--header", h) for h in headers)):
         if value is None:
             continue
         if name not in ("TEXT", "RECIPIENT") and not value.strip():
@@ -46,6 +51,8 @@ def text_item(recipient: str, text: str, *, priority: str | None = None,
         item["priority"] = priority
     if type is not None:
         item["type"] = type
+    if pairs:
+        item["headers"] = pairs
     return item
 
 

@@ -292,14 +292,15 @@ def cmd_reload(args) -> int:
 def _print_reload(reply: dict) -> None:
     summary, previous = reply["summary"], reply.get("previous")
     if summary.get("empty"):
-        if previous:  # the file watcher may have applied the edit a moment ago
-            at = time.strftime("%H:%M:%S", time.localtime(previous["at"]))
-            print(f"config reloaded: nothing changed since the reload at {at} "
-                  f"({_changes(previous['summary'])})")
-        else:
+        if not previous:
             print("config reloaded: nothing changed")
-        return
-    print("config reloaded: " + _changes(summary))
+            return
+        # the admin's file watcher applied the edit a moment ago: say what that reload did
+        summary = previous["summary"]
+        at = time.strftime("%H:%M:%S", time.localtime(previous["at"]))
+        print(f"config reloaded: nothing changed since the reload at {at} ({_changes(summary)})")
+    else:
+        print("config reloaded: " + _changes(summary))
     if summary["needs_full_restart"]:
         print("needs `swarm stop` + `swarm start` to apply: "
               + ", ".join(summary["needs_full_restart"]))

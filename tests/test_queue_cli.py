@@ -164,11 +164,13 @@ def test_send_rejections_and_usage_errors_are_one_line(cs):
 
 
 def test_an_agent_over_its_throttle_is_refused_with_the_wait(cs):
-    for _ in range(2):
-        assert cs.cli("send", "Agent-1", "ping", "--sender", "Agent-7").stdout.strip()
+    for n in range(2):
+        cs.cli("send", "Agent-1", "ping", "--sender", "Agent-7", "--id", f"thr-{n}")
     refused = cs.cli("send", "Agent-1", "ping", "--sender", "Agent-7", check=False)
     one_line_error(refused, "rejected: throttled: Agent-7 sent 2 messages to agents in the last "
                    "60s (agent_throttle.per_minute 2); retry in ")
+    again = cs.cli("send", "Agent-1", "ping", "--sender", "Agent-7", "--id", "thr-0")
+    assert "thr-0 (duplicate" in again.stdout  # a re-send is still a duplicate, not throttled
     assert cs.cli("send", "ops", "to a person", "--sender", "Agent-7").stdout.strip()
     assert cs.cli("send", "Agent-1", "from a person", "--sender", "ops").stdout.strip()
     assert queue_stats(cs)["throttled"] == 1

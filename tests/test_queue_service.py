@@ -160,34 +160,69 @@ def test_a_consumer_renews_at_least_three_times_per_subscription_ttl():
 def test_agent_throttle_caps_gaps_and_windows_per_sending_agent():
     agents = {"a", "b", "c"}.__contains__
     t = core.AgentThrottle(agents, min_gap_s=1.0, per_minute=3, per_hour=4)
-    assert t.admit("a", "b", 0.0) is None
-    assert "min_gap_s 1); retry in 0.5s" in t.admit("a", "b", 0.5)
-    assert t.admit("a", "c", 1.0) is None and t.admit("a", "b", 2.0) is None
-    assert t.admit("b", "a", 2.0) is None  # each agent has its own windows
-    assert t.admit("a", "ops", 2.5) is None and t.admit("ops", "a", 2.5) is None  # a person
-    assert t.admit(None, "a", 2.5) is None
-    why = t.admit("a", "b", 30.0)
-    assert why == ("throttled: a sent 3 messages to agents in the last 60s "
-                   "(agent_throttle.per_minute 3); retry in 30s")
-    assert t.admit("a", "b", 60.0) is None  # the first one left the minute
-    assert "per_hour 4); retry in 3400s" in t.admit("a", "b", 200.0)  # the first at 0
-    assert t.admit("a", "b", 3600.0) is None and t.refused == 3
+
+    def send(sender, recipient, now):
+        admit, admitted = t.admitter(now)
+        why = admit(sender, recipient)
+        t.record(admitted, now)  # as after a commit
+        return why
+
+    assert send("a", "b", 0.0) is None
+    assert send("a", "b", 0.5) == ("throttled: a sent a message to an agent 0.5s ago "
+                                   "(agent_throttle.min_gap_s 1); retry in 1s")
+    assert send("a", "c", 1.0) is None and send("a", "b", 2.0) is None
+    assert send("b", "a", 2.0) is None  # each agent has its own windows
+    assert send("a", "ops", 2.5) is None and send("ops", "a", 2.5) is None  # a person
+    assert send(None, "a", 2.5) is None
+    assert send("a", "b", 30.0) == ("throttled: a sent 3 messages to agents in the last 60s "
+                                    "(agent_throttle.per_minute 3); retry in 30s")
+    assert send("a", "b", 60.0) is None  # the first one left the minute
+    assert "per_hour 4); retry in 3400s" in send("a", "b", 200.0)  # the first at 0
+    assert send("a", "b", 3600.0) is None and t.refused == 3
     t.forget_idle(3600.0 + 3601.0)
     assert t.sent == {}
     off = core.AgentThrottle(agents)
-    assert off.span == 0 and all(off.admit("a", "b", 0.0) is None for _ in range(100))
+    assert off.span == 0
 
 
-def test_group_commit_refuses_throttled_items_by_index():
-    throttle = core.AgentThrottle({"a", "b"}.__contains__, per_minute=2)
-    group = core.GroupCommit(1 << 20, throttle=throttle)
-    items = [{"recipient": "b", "sender": "a", "text": str(i)} for i in range(3)]
-    items.append({"recipient": "ops", "sender": "a", "text": "to a person"})
-    group.add("S", "E", items, now=10.0)
-    taken, requests = group.take()
-    assert [i["recipient"] for i in taken] == ["b", "b", "ops"]
-    assert [i for i, _ in requests[0].rejected] == [2]
-    assert requests[0].rejected[0][1].startswith("throttled: a sent 2 messages")
+def test_agent_throttle_waits_for_every_cap_and_counts_a_batch_as_sent_together():
+    t = core.AgentThrottle({"a", "b"}.__contains__, min_gap_s=5.0, per_minute=2, per_hour=2)
+    admit, admitted = t.admitter(0.0)
+    assert admit("a", "b") is None  # one in a batch passes; the next one in it is 0 s after it
+    assert admit("a", "b") == ("throttled: a sent a message to an agent 0.0s ago "
+                               "(agent_throttle.min_gap_s 5); retry in 5s")
+    assert admitted == {"a": 1}
+    t.record(admitted, 0.0)
+    admit, admitted = t.admitter(30.0)  # the minute and the gap would say less: the hour rules
+    assert admit("a", "b") is None
+    t.record(admitted, 30.0)
+    admit, _ = t.admitter(31.0)
+    assert admit("a", "b") == ("throttled: a sent 2 messages to agents in the last 3600s "
+                               "(agent_throttle.per_hour 2); retry in 3569s")
+    admit, _ = t.admitter(3600.0 - 0.04)
+    assert admit("a", "b").endswith("retry in 1s")  # rounded up, never "0s"
+    admit, _ = t.admitter(3600.0)
+    assert admit("a", "b") is None
+
+
+def test_the_store_asks_about_new_items_only_and_rejects_refused_ones_by_index(tmp_path):
+    from actors.queue.store import QueueStore
+
+    asked = []
+
+    def admit(sender, recipient):
+        asked.append((sender, recipient))
+        return "no" if recipient == "refused" else None
+
+    with QueueStore(tmp_path / "q.db") as store:
+        store.enqueue([{"recipient": "r", "payload": b"x", "id": "old"}])
+        items = [{"recipient": "r", "payload": b"x", "id": "old", "sender": "s"},
+                 {"recipient": "refused", "payload": b"x", "id": "n1", "sender": "s"},
+                 {"recipient": "r", "payload": b"x", "id": "n2", "sender": "s"}]
+        result = store.enqueue(items, admit=admit)
+    assert asked == [("s", "refused"), ("s", "r")]  # not the duplicate
+    assert result.duplicates == ["old"] and result.accepted == ["n2"]
+    assert result.rejected == [(1, "no")] and result.ids == ["old", None, "n2"]
 
 
 def test_allocate_shares_a_round_fairly_and_rotates_who_goes_first():

@@ -10,6 +10,7 @@ rates, latency and health. No Thespian, no SQLite: the actor shell (``service.py
 """
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -78,11 +79,9 @@ class GroupCommit:
     that went quiet hold a group back only until the window timer of the caller fires.
     """
 
-    def __init__(self, max_payload: int, active_s: float = 0.02,
-                 throttle: AgentThrottle | None = None):
+    def __init__(self, max_payload: int, active_s: float = 0.02):
         self.max_payload = max_payload
         self.active_s = active_s
-        self.throttle = throttle
         self.requests: list[_Request] = []
         self.items: list[dict] = []
         self.seen: dict[str, float] = {}  # producer -> time of its last request
@@ -111,9 +110,6 @@ class GroupCommit:
         req = _Request(sender, env, len(items), producer)
         for i, item in enumerate(items):
             norm, reason = normalize(item, self.max_payload)
-            if norm is not None and self.throttle is not None:
-                reason = self.throttle.admit(norm.get("sender"), norm.get("recipient"), now)
-                norm = None if reason else norm
             if norm is None:
                 req.rejected.append((i, reason))
             else:
@@ -421,8 +417,9 @@ class AgentThrottle:
     ``is_agent``): at most ``per_minute`` / ``per_hour`` / ``per_day`` in a sliding window, and
     ``min_gap_s`` apart; 0 turns a cap off. Two agents answering each other in a loop would
     otherwise fill both inboxes as fast as they can write. A message over a cap is refused
-    with the wait after which it would be admitted. The windows are kept in memory: a restart
-    of the queue starts them afresh."""
+    with the wait after which every cap admits it. Only stored messages count (a duplicate or
+    a failed commit does not); the windows are kept in memory, so a restart of the queue starts
+    them afresh."""
 
     WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86_400.0))
 
@@ -432,30 +429,52 @@ class AgentThrottle:
         caps = (per_minute, per_hour, per_day)
         self.caps = [(name, span, cap) for (name, span), cap in zip(self.WINDOWS, caps) if cap]
         self.span = max([span for _, span, _ in self.caps] + [min_gap_s])
-        self.sent: dict[str, list[float]] = {}  # agent -> times of its admitted agent messages
+        self.sent: dict[str, list[float]] = {}  # agent -> times of its stored agent messages
         self.refused = 0
 
-    def admit(self, sender: Any, recipient: Any, now: float) -> str | None:
-        """None (and counted) if the message may go, else why not."""
-        if not self.span or not isinstance(sender, str) or not isinstance(recipient, str) \
-                or not (self.is_agent(sender) and self.is_agent(recipient)):
-            return None
-        times = self.sent.setdefault(sender, [])
-        del times[:bisect_right(times, now - self.span)]
-        if times and now - times[-1] < self.min_gap_s:
-            self.refused += 1
-            return (f"throttled: {sender} sent a message to an agent {now - times[-1]:.1f}s ago"
-                    f" (agent_throttle.min_gap_s {self.min_gap_s:g}); retry in "
-                    f"{times[-1] + self.min_gap_s - now:.1f}s")
-        for name, span, cap in self.caps:
-            recent = len(times) - bisect_right(times, now - span)
-            if recent >= cap:
+    def admitter(self, now: float) -> tuple[Callable[[Any, Any], str | None], Counter[str]]:
+        """For one transaction: ``admit(sender, recipient)`` -> None or why not, counting the
+        batch's earlier admitted items as sent ``now``; the Counter collects what it admitted,
+        for :meth:`record` once committed."""
+        admitted: Counter[str] = Counter()
+
+        def admit(sender: Any, recipient: Any) -> str | None:
+            if not (isinstance(sender, str) and isinstance(recipient, str)
+                    and self.is_agent(sender) and self.is_agent(recipient)):
+                return None
+            why = self.refusal(sender, now, admitted[sender])
+            if why is None:
+                admitted[sender] += 1
+            else:
                 self.refused += 1
-                return (f"throttled: {sender} sent {recent} messages to agents in the last "
-                        f"{span:g}s (agent_throttle.{name} {cap}); retry in "
-                        f"{times[-cap] + span - now:.0f}s")
-        times.append(now)
-        return None
+            return why
+        return admit, admitted
+
+    def refusal(self, sender: str, now: float, pending: int = 0) -> str | None:
+        """Why one more message from ``sender`` (after ``pending`` more at ``now``) is over a
+        cap, with the longest wait any cap needs, rounded up; None if every cap admits it."""
+        times = self.sent.get(sender, [])
+        del times[:bisect_right(times, now - self.span)]
+        waits = []
+        last = now if pending else times[-1] if times else None
+        if last is not None and now - last < self.min_gap_s:
+            what = (f"sent a message to an agent {now - last:.1f}s ago "
+                    f"(agent_throttle.min_gap_s {self.min_gap_s:g})")
+            waits.append((last + self.min_gap_s - now, what))
+        for name, span, cap in self.caps:
+            window = times[bisect_right(times, now - span):] + [now] * pending
+            if len(window) >= cap:  # the oldest beyond cap - 1 must leave the window first
+                what = (f"sent {len(window)} messages to agents in the last {span:g}s "
+                        f"(agent_throttle.{name} {cap})")
+                waits.append((window[len(window) - cap] + span - now, what))
+        if not waits:
+            return None
+        wait, what = max(waits)
+        return f"throttled: {sender} {what}; retry in {max(1, math.ceil(wait))}s"
+
+    def record(self, admitted: Counter[str], now: float) -> None:
+        for sender, n in admitted.items():
+            self.sent.setdefault(sender, []).extend([now] * n)
 
     def forget_idle(self, now: float) -> None:
         """Drop agents with nothing sent within the longest window (names can be invented)."""

@@ -271,7 +271,8 @@ class QueueRepository(Protocol):
     """
 
     def enqueue(self, items: Sequence[NewMessage | Mapping],
-                lease: Mapping[str, tuple[str, int, float]] | None = None) -> EnqueueResult: ...
+                lease: Mapping[str, tuple[str, int, float]] | None = None,
+                admit: Callable[[str, str], str | None] | None = None) -> EnqueueResult: ...
     def lease(self, recipient: str, limit: int, owner: str, visibility_s: float,
               max_bytes: int | None = None) -> list[Message]: ...
     def lease_each(self, wants: Sequence[tuple[str, int]], owner: str, visibility_s: float,

@@ -143,8 +143,7 @@ class QueueService(ServiceActor):
             float(caps.get("min_gap_s", 0)), *(int(caps.get(name, 0))
                                                 for name, _ in core.AgentThrottle.WINDOWS))
         self.group = core.GroupCommit(int(cfg.get("max_payload_bytes", 1 << 20)),
-                                      active_s=max(0.02, 10 * self.group_commit_s),
-                                      throttle=self.throttle if self.throttle.span else None)
+                                      active_s=max(0.02, 10 * self.group_commit_s))
         retry_base = float(cfg.get("retry_base_s", 1.0))
         self.tick_s = min(1.0, max(0.05, min(self.lease_s, retry_base) / 2))
         data_dir = Path(self.config.get("system", {}).get("data_dir", "."))
@@ -317,10 +316,14 @@ class QueueService(ServiceActor):
             return
         recipients = {r for i in items if isinstance(r := i.get("recipient"), str)}
         takers = self.subs.takers(recipients, self._room, self.route) if self.subs.subs else None
+        now = time.monotonic()
+        admit, admitted = self.throttle.admitter(now) if self.throttle.span else (None, None)
         try:
-            result = self._db(self.store.enqueue, items, takers)
+            result = self._db(self.store.enqueue, items, takers, admit)
             if result.accepted:
                 self.storage_errors = 0
+            if admitted:  # counted once stored: not a duplicate, not a failed commit
+                self.throttle.record(admitted, now)
         except Exception as exc:  # noqa: BLE001 - every producer must get an answer
             self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
             for req in requests:

@@ -99,6 +99,18 @@ _RCPT_PRIO_OF_LEASED = itemgetter(2, 3)  # rows RETURNING rowid, id, recipient, 
 _LEASE_ORDER = itemgetter(4, 0)      # available_at, rowid (RETURNING order is unspecified)
 
 
+def _admitted(rows: list[tuple[int, tuple]], admit: Callable[[str, str], str | None],
+              result: EnqueueResult) -> list[tuple[int, tuple]]:
+    out = []
+    for i, row in rows:
+        if why := admit(row[2], row[1]):
+            result.ids[i] = None
+            result.rejected.append((i, why))
+        else:
+            out.append((i, row))
+    return out
+
+
 class QueueStore:
     """Persistent priority queue with leases, retries with backoff and dead letters.
 
@@ -175,7 +187,8 @@ class QueueStore:
 
     # -- producer side ------------------------------------------------------------------
     def enqueue(self, items: Sequence[NewMessage | Mapping],
-                lease: Mapping[str, tuple[str, int, float]] | None = None) -> EnqueueResult:
+                lease: Mapping[str, tuple[str, int, float]] | None = None,
+                admit: Callable[[str, str], str | None] | None = None) -> EnqueueResult:
         """Store a batch in one transaction.
 
         Duplicates: an id already in the queue (any state, incl. dead), acked within the
@@ -187,6 +200,9 @@ class QueueStore:
         of its new messages available now are stored already leased to ``owner`` and
         returned in ``result.leased``: what ``lease()`` would return right after this commit,
         without its UPDATE and read-back (a third of the SQL work of a message).
+
+        ``admit(sender, recipient)``, if given, is asked about each new (not duplicate) item
+        in order, inside the transaction; a reason rejects that item (the agent throttle).
         """
         result = EnqueueResult(ids=[None] * len(items))
         now = self._clock()
@@ -200,18 +216,21 @@ class QueueStore:
         with self._tx(single=len(rows) == 1 and not supplied) as tx:  # then: one INSERT
             if supplied:  # generated ids are new by construction
                 known = self._existing(supplied)
-                keep = []
+                fresh = []
                 for i, row in rows:
                     mid = result.ids[i] = row[0]
                     if mid in known:
                         result.duplicates.append(mid)
                     else:
                         known.add(mid)
-                        keep.append(row)
+                        fresh.append((i, row))
             else:
                 for i, row in rows:
                     result.ids[i] = row[0]
-                keep = [row for _, row in rows]
+                fresh = rows
+            if admit is not None:
+                fresh = _admitted(fresh, admit, result)
+            keep = [row for _, row in fresh]
             result.accepted = [row[0] for row in keep]
             leased = schema.pick_leased(keep, lease, self._busy(), now) if lease else []
             if leased:

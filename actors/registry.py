@@ -100,10 +100,10 @@ class Registry(ServiceActor):
 
     def _apply(self, reporter: str, b: dict) -> None:
         entry = self.entries.setdefault(b["name"], Entry(b["name"]))
-        epoch = b.get("epoch", 0.0)
-        if epoch < entry.epoch:
-            return  # a late report from a supervisor that has since been replaced
-        entry.epoch = epoch
+        order = (b.get("epoch", 0.0), b.get("seq", 0))
+        if order < (entry.epoch, entry.seq):
+            return  # a late report: from a supervisor since replaced, or overtaken on the way
+        entry.epoch, entry.seq = order
         new_process = b.get("pid") != entry.pid
         if new_process:
             self._forget_pings(entry.name)  # pings to the previous process are moot

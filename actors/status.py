@@ -34,6 +34,8 @@ class Entry:
     last_pong: float = 0.0
     epoch: float = 0.0
     """Start time of the supervisor incarnation that reported last: older ones are stale."""
+    seq: int = 0
+    """Number of that supervisor's last applied report: a lower one arrived late."""
     errors: dict = field(default_factory=dict)
     rss_bytes: int = 0
     uss_bytes: int = 0

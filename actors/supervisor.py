@@ -26,6 +26,14 @@ from system.supervision import RestartPolicy
 EXITED = "exited unexpectedly"
 
 
+def _our_live_child(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.ppid() == os.getpid() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 @dataclass
 class Child:
     """What a supervisor knows about one child."""
@@ -39,6 +47,10 @@ class Child:
     started_at: float = 0.0
     last_error: str = ""
     kill_reason: str = ""
+    registry: str | None = None
+    """The registry address it was started with (it may have moved while it started)."""
+    config: dict | None = None
+    """The config it was last given (a reload may arrive while it starts)."""
     restarts_carried: int = 0
     """Restarts the current policy does not count: manual ones, and those of replaced policies."""
     removed: bool = False
@@ -67,6 +79,7 @@ class Supervisor(SwarmActor):
         self.killed: list[str] = []
         self.disabled: list[str] = []
         self.incarnation = time.time()
+        self.report_seq = 0
 
     # -- start -----------------------------------------------------------------------
     @handles(protocol.SVC_INIT)
@@ -108,7 +121,8 @@ class Supervisor(SwarmActor):
         child = self.children[self.to_start.pop(0)]
         child.state = "starting"
         child.deadline = time.monotonic() + self._start_timeout(child)
-        child.addr = self.createActor(child.d.actor)
+        child.addr, child.registry = self.createActor(child.d.actor), self.registry
+        child.config = self.config
         if child.cid:
             protocol.correlate(child.cid)
             child.cid = ""
@@ -132,7 +146,12 @@ class Supervisor(SwarmActor):
             self._report(child)
         registry = env.b.get("registry")
         if registry and registry != self.registry:
-            self._adopt_registry(registry, source=sender)
+            if registry != child.registry:  # it learned of a newer one below it
+                self._adopt_registry(registry, source=sender)
+            elif self.registry:  # it still has the one it started with, which has moved since
+                self.send(sender, protocol.TREE_REGISTRY.encode({"addr": self.registry}))
+        if child.config is not self.config:  # reloaded while it started
+            self._send_config(child)
         for waiter, wenv in self.restart_waiters.pop(child.d.spec.name, []):
             self.reply(waiter, wenv, protocol.OK, {"name": child.d.spec.name, "pid": child.pid})
         self._start_next()
@@ -261,6 +280,7 @@ class Supervisor(SwarmActor):
 
     def on_tick(self) -> None:
         now = time.monotonic()
+        self._reap_lost()
         for name, child in self.children.items():
             if child.addr is None or now < child.deadline:
                 continue
@@ -275,6 +295,18 @@ class Supervisor(SwarmActor):
                 child.last_error = child.kill_reason
                 self.killed.append(name)
                 self._kill(child)
+
+    def _reap_lost(self) -> None:
+        """Thespian can miss a child's exit when two of its children die milliseconds apart
+        (its SIGCHLD handling reaps both and reports one): a child whose process is gone, or
+        a zombie, is handled as exited here. A late report of the same exit finds no child
+        with that address and is ignored."""
+        for child in list(self.children.values()):
+            if child.pid and child.addr is not None and child.state in ("running", "stopping") \
+                    and not _our_live_child(child.pid):
+                self.log("warning", "exit_missed", f"{child.d.spec.name} (pid {child.pid}) is "
+                         f"gone without an exit notice", child=child.d.spec.name)
+                self.on_child_exited(child.addr)
 
     def _start_timeout(self, child: Child) -> float:
         """A supervisor confirms once its whole subtree is up: give it one period per actor."""
@@ -321,20 +353,25 @@ class Supervisor(SwarmActor):
         if self.name == "services":
             self._resync_services(old, new)
         for child in self.children.values():
-            if child.addr is None or child.state != "running":
-                continue
-            if child.d.kind == "supervisor":
-                self.send(child.addr, protocol.TREE_RECONFIGURE.encode({"config": new}))
-            elif child.d.kind == "core":
-                self._push_config(child, [])
-            else:
-                name = child.d.spec.name
-                before, after = old["services"].get(name, {}), new["services"].get(name, {})
-                changed = sorted(k for k in before.keys() | after.keys()
-                                 if before.get(k) != after.get(k))
-                if changed:
-                    self._push_config(child, changed)
+            if child.addr is not None and child.state == "running":
+                self._send_config(child)  # one still starting gets it when it confirms
         self._report_all()
+
+    def _send_config(self, child: Child) -> None:
+        """Bring a running child from the config it was last given to this one's."""
+        old, child.config = child.config or self.config, self.config
+        if child.d.kind == "supervisor":
+            self.send(child.addr, protocol.TREE_RECONFIGURE.encode({"config": self.config}))
+        elif child.d.kind == "core":
+            self._push_config(child, [])
+        else:
+            name = child.d.spec.name
+            before = old.get("services", {}).get(name, {})
+            after = self.config.get("services", {}).get(name, {})
+            changed = sorted(k for k in before.keys() | after.keys()
+                             if before.get(k) != after.get(k))
+            if changed:
+                self._push_config(child, changed)
 
     def _push_config(self, child: Child, changed: list[str]) -> None:
         name = child.d.spec.name
@@ -477,9 +514,12 @@ class Supervisor(SwarmActor):
         })
 
     def _send_registry(self, body: dict) -> None:
-        if self.registry:  # epoch: the registry drops late reports of a replaced supervisor
+        if self.registry:  # the registry drops reports older than one it has applied: from
+            # a replaced supervisor (epoch), or overtaken on the way (seq; Thespian can reorder
+            # messages sent while it connects to a new address)
+            self.report_seq += 1
             self.send(protocol.address_from_wire(self.registry), protocol.REGISTRY_UPDATE.encode(
-                {**body, "epoch": self.incarnation}))
+                {**body, "epoch": self.incarnation, "seq": self.report_seq}))
 
     def health(self) -> tuple[str, str]:
         running = sum(c.state == "running" for c in self.children.values())

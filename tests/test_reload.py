@@ -66,6 +66,24 @@ def test_services_added_and_removed_in_the_file_are_started_and_stopped(swarm):
     swarm.wait_for(lambda s: "extra" not in s["services"], what="extra forgotten")
 
 
+def test_a_reload_while_the_services_supervisor_restarts_reaches_it(make_swarm):
+    """The reload arrives while the services supervisor is still starting its children: it
+    gets the new config when it confirms (the root skipped it, so the added service never
+    started)."""
+    import os
+    import signal
+
+    slow = {"actor": "actors.probe:Probe", "options": {"start_delay_s": 3}}
+    swarm = make_swarm({"services": {"slow": slow}})
+    swarm.start()
+    os.kill(swarm.service("services")["pid"], signal.SIGKILL)
+    swarm.rewrite({"services": {"slow": slow, "extra": {"actor": "actors.probe:Probe"}}})
+    swarm.cli("reload")
+    swarm.wait_for(lambda s: s["healthy"] and "extra" in s["services"]
+                   and s["services"]["extra"]["state"] == "running", timeout=20,
+                   what="the added service started")
+
+
 def test_the_config_file_is_watched_and_reloaded_by_itself(swarm):
     pid = swarm.service("probe")["pid"]
     swarm.rewrite({"services": {"probe": {"options": {"watched": True}}}})

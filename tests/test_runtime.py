@@ -76,6 +76,36 @@ def test_registry_restart_rebuilds_its_state_from_the_supervisors(swarm):
     assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 1}).b == {"x": 1}
 
 
+def test_registry_and_services_supervisor_killed_together_both_come_back(swarm):
+    """The services supervisor restarts with the registry address it was given, which moves
+    while it starts: the root must not adopt that dead address back from its start reply
+    (the whole tree then reported to it and status never answered again)."""
+    before = swarm.status()
+    for name in ("registry", "services"):
+        os.kill(before["services"][name]["pid"], signal.SIGKILL)
+    after = swarm.wait_for(
+        lambda s: s["healthy"] and all(s["services"][n]["pid"] != before["services"][n]["pid"]
+                                       for n in ("registry", "services", "probe")),
+        timeout=20, what="registry and services subtree restarted")
+    assert set(after["services"]) == set(before["services"])
+    assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 3}).b == {"x": 3}
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.005])
+def test_both_supervisors_killed_milliseconds_apart_are_restarted(swarm, gap_s):
+    """Thespian may report only one of two child exits milliseconds apart; the root notices
+    the other child's process is gone and restarts it too."""
+    before = swarm.status()
+    os.kill(before["services"]["core"]["pid"], signal.SIGKILL)
+    time.sleep(gap_s)
+    os.kill(before["services"]["services"]["pid"], signal.SIGKILL)
+    swarm.wait_for(
+        lambda s: s["healthy"] and all(s["services"][n]["pid"] != before["services"][n]["pid"]
+                                       for n in ("core", "services", "probe", "registry")),
+        timeout=20, what="both subtrees restarted")
+    assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 4}).b == {"x": 4}
+
+
 def test_actor_loops_run_on_a_fresh_thread_stack_and_wait_in_one_poll(swarm):
     """The probe is forked inside its supervisor's handler, yet its loop starts on a new
     thread with a shallow Python stack (see launcher.fresh_stack_actors), and Thespian's loop

@@ -96,6 +96,11 @@ def test_registry_applies_a_supervisors_early_reports_once_it_is_vouched_for():
         update(port, name=f"fake{port}", state="running", kind="supervisor", addr="tcp:x:1")
     assert set(reg.entries) == {"worker", "services", "health"}
     assert len(reg.held) == HELD_REPORTERS and logged == ["unknown_reporter"]
+    update(1001, name="health", state="stopped", kind="core", seq=7)
+    update(1001, name="health", state="running", kind="core", seq=6)  # overtaken on the way
+    assert reg.entries["health"].state == "stopped"
+    update(1001, name="health", state="running", kind="core", seq=1, epoch=2.0)  # new incarnation
+    assert reg.entries["health"].state == "running"
     update(1000, name="services", state="stopped", kind="supervisor", addr=None)
     update(1002, name="worker", state="failed", kind="service")  # no longer vouched for
     assert reg.entries["worker"].state == "running"

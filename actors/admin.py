@@ -75,7 +75,9 @@ class Admin(ServiceActor):
             if not parent:
                 self.reply_error(sender, env, "not_restartable", f"{name} has no supervisor")
                 return
-            if name == self.name:  # this actor is about to go away: answer now
+            if name == self.name or reply.b.get("addr") == protocol.address_to_wire(self.parent):
+                # this actor (or its supervisor, with it) is about to go away: answer now; a
+                # client would otherwise ask the next admin again, which restarts it again
                 self.send(protocol.address_from_wire(parent),
                           protocol.SUP_RESTART.encode({"name": name}))
                 self.reply(sender, env, protocol.OK, {"name": name, "pid": None})

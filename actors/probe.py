@@ -101,7 +101,8 @@ class Probe(ServiceActor):
 
         self.reply(sender, env, protocol.OK, {"thread": threading.current_thread().name,
                                               "frames": depth,
-                                              "selectors": TCPTransport.selectors.__name__})
+                                              "selectors": TCPTransport.selectors.__name__,
+                                              "registry": self.registry})
 
     @handles(protocol.TEST_EVENTS)
     def events_(self, env, sender) -> None:

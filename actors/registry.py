@@ -21,6 +21,11 @@ from system.service import ServiceActor, handles
 HELD_REPORTERS, HELD_NAMES = 4, 1024
 
 
+def _order(report: dict) -> tuple[float, int]:
+    """(supervisor incarnation, its report number): a lower one is older."""
+    return report.get("epoch", 0.0), report.get("seq", 0)
+
+
 class Registry(ServiceActor):
     kind = "core"
 
@@ -88,9 +93,10 @@ class Registry(ServiceActor):
         # A supervisor can report its children before its parent's report of it arrives (it
         # reports them while starting; its parent reports it once it has started): held until
         # then, the latest report per name, for a few reporters at most.
-        held = self.held.setdefault(reporter, {})
-        held.pop(env.b["name"], None)
-        held[env.b["name"]] = env.b
+        held, b = self.held.setdefault(reporter, {}), env.b
+        if (old := held.pop(b["name"], None)) is not None and _order(b) < _order(old):
+            b = old  # this one was overtaken on the way: keep the newer
+        held[b["name"]] = b
         if len(held) > HELD_NAMES:
             del held[next(iter(held))]
         if len(self.held) > HELD_REPORTERS:
@@ -100,7 +106,7 @@ class Registry(ServiceActor):
 
     def _apply(self, reporter: str, b: dict) -> None:
         entry = self.entries.setdefault(b["name"], Entry(b["name"]))
-        order = (b.get("epoch", 0.0), b.get("seq", 0))
+        order = _order(b)
         if order < (entry.epoch, entry.seq):
             return  # a late report: from a supervisor since replaced, or overtaken on the way
         entry.epoch, entry.seq = order

@@ -144,7 +144,7 @@ class Supervisor(SwarmActor):
             self._adopt_registry(protocol.address_to_wire(sender), source=None)
         else:
             self._report(child)
-        registry = env.b.get("registry")
+        registry = env.b.get("registry") or child.registry  # services do not say theirs
         if registry and registry != self.registry:
             if registry != child.registry:  # it learned of a newer one below it
                 self._adopt_registry(registry, source=sender)

@@ -188,7 +188,8 @@ def cmd_top(args) -> int:
 def cmd_restart(args) -> int:
     cfg = _config(args)
     reply = AdminClient(cfg.data).call(protocol.ADMIN_RESTART, {"name": args.name})
-    _emit(args, reply, lambda r: print(f"{args.name} restarted (pid {r.get('pid')})"))
+    _emit(args, reply, lambda r: print(f"{args.name} restarted (pid {r['pid']})" if r.get("pid")
+                                       else f"{args.name} restarting (the admin goes with it)"))
     return 0
 
 

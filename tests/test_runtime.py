@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from system import protocol
+from system.admin import AdminClient
 
 
 def _pids(status: dict) -> dict:
@@ -91,6 +92,23 @@ def test_registry_and_services_supervisor_killed_together_both_come_back(swarm):
     assert swarm.ask("probe", protocol.TEST_ECHO, {"x": 3}).b == {"x": 3}
 
 
+def test_a_service_starting_while_the_registry_moves_learns_the_new_address(make_swarm):
+    swarm = make_swarm({"services": {"slow": {"actor": "actors.probe:Probe",
+                                              "options": {"start_delay_s": 2}}}})
+    swarm.start()
+    before = swarm.status()
+    pid = before["services"]["slow"]["pid"]
+    os.kill(pid, signal.SIGKILL)  # restarts: 2 s in its start
+    time.sleep(0.5)
+    os.kill(before["services"]["registry"]["pid"], signal.SIGKILL)
+    swarm.wait_for(lambda s: s["healthy"] and s["services"]["slow"]["pid"] != pid
+                   and s["services"]["registry"]["pid"] != before["services"]["registry"]["pid"],
+                   timeout=20, what="slow and the registry restarted")
+    where = swarm.ask("slow", protocol.TEST_WHERE).b  # it started with the old address
+    found = AdminClient(swarm.config).call(protocol.ADMIN_LOOKUP, {"name": "registry"})
+    assert where["registry"] == found["addr"]
+
+
 @pytest.mark.parametrize("gap_s", [0.0, 0.005])
 def test_both_supervisors_killed_milliseconds_apart_are_restarted(swarm, gap_s):
     """Thespian may report only one of two child exits milliseconds apart; the root notices
@@ -162,6 +180,13 @@ def test_restart_command_restarts_one_service(swarm):
     assert after["services"]["probe"]["pid"] != before["services"]["probe"]["pid"]
     assert after["services"]["probe"]["restarts"] == 1
     assert after["services"]["health"]["pid"] == before["services"]["health"]["pid"]
+    core = after["services"]["core"]
+    assert "core restarting (the admin goes with it)" in swarm.cli("restart", "core").stdout
+    back = swarm.wait_for(lambda s: s["healthy"] and s["services"]["admin"]["pid"]
+                          != after["services"]["admin"]["pid"], what="core restarted")
+    time.sleep(1.0)  # a client asking the new admin again would restart core again
+    assert swarm.status()["services"]["core"]["restarts"] == core["restarts"] + 1
+    assert back["services"]["core"]["pid"] != core["pid"]
     bad = swarm.cli("restart", "nosuch", check=False)
     assert bad.returncode != 0 and "no service named 'nosuch'" in bad.stderr
     assert "Traceback" not in bad.stderr

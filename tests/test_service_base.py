@@ -86,10 +86,13 @@ def test_registry_applies_a_supervisors_early_reports_once_it_is_vouched_for():
         env = protocol.decode(protocol.REGISTRY_UPDATE.encode({"epoch": 1.0, **body}))
         reg._update(env, addr(port))
 
-    update(1002, name="worker", state="running", kind="service", addr="tcp:127.0.0.1:2000")
+    update(1002, name="worker", state="running", kind="service", addr="tcp:127.0.0.1:2000",
+           seq=8)
+    update(1002, name="worker", state="starting", kind="service", seq=7)  # overtaken, held too
     assert "worker" not in reg.entries  # services reported its child before root reported it
     update(1000, name="services", state="running", kind="supervisor", addr="tcp:127.0.0.1:1002")
     assert reg.entries["worker"].parent_addr == "tcp:127.0.0.1:1002"
+    assert reg.entries["worker"].state == "running"
     update(1001, name="health", state="running", kind="core", addr="tcp:127.0.0.1:1003")
     assert set(reg.entries) == {"worker", "services", "health"}
     for port in range(5000, 5001 + HELD_REPORTERS):  # strangers: held, the oldest dropped

@@ -173,7 +173,7 @@ def test_agent_throttle_caps_gaps_and_windows_per_sending_agent():
     assert send("a", "c", 1.0) is None and send("a", "b", 2.0) is None
     assert send("b", "a", 2.0) is None  # each agent has its own windows
     assert send("a", "ops", 2.5) is None and send("ops", "a", 2.5) is None  # a person
-    assert send(None, "a", 2.5) is None
+    assert send("", "a", 2.5) is None  # no sender given
     assert send("a", "b", 30.0) == ("throttled: a sent 3 messages to agents in the last 60s "
                                     "(agent_throttle.per_minute 3); retry in 30s")
     assert send("a", "b", 60.0) is None  # the first one left the minute

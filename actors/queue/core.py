@@ -432,15 +432,14 @@ class AgentThrottle:
         self.sent: dict[str, list[float]] = {}  # agent -> times of its stored agent messages
         self.refused = 0
 
-    def admitter(self, now: float) -> tuple[Callable[[Any, Any], str | None], Counter[str]]:
-        """For one transaction: ``admit(sender, recipient)`` -> None or why not, counting the
-        batch's earlier admitted items as sent ``now``; the Counter collects what it admitted,
-        for :meth:`record` once committed."""
+    def admitter(self, now: float) -> tuple[Callable[[str, str], str | None], Counter[str]]:
+        """For one transaction: ``admit(sender, recipient)`` (of a validated item) -> None or
+        why not, counting the batch's earlier admitted items as sent ``now``; the Counter
+        collects what it admitted, for :meth:`record` once committed."""
         admitted: Counter[str] = Counter()
 
-        def admit(sender: Any, recipient: Any) -> str | None:
-            if not (isinstance(sender, str) and isinstance(recipient, str)
-                    and self.is_agent(sender) and self.is_agent(recipient)):
+        def admit(sender: str, recipient: str) -> str | None:
+            if not (self.is_agent(sender) and self.is_agent(recipient)):
                 return None
             why = self.refusal(sender, now, admitted[sender])
             if why is None:

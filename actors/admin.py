@@ -3,6 +3,10 @@
 Each command is an ``admin.*`` message; the admin asks the registry (or the owning
 supervisor, or the queue) and answers the requester with ``ok`` or ``error``, correlated by
 message id. External clients find it through the root supervisor (see ``system/admin.py``).
+
+Requests name who asks in ``principal`` (``cli:<user>``, ``discord:<id> (<name>)``,
+``twitch:<login>``): every command that changes something is logged with it (event ``audit``),
+so the CLI and the chat services leave one audit trail.
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ class Admin(ServiceActor):
                 self.reply(client, env, protocol.OK, reply.b)
         return done
 
+    def _audit(self, env, action: str) -> None:
+        principal = str(env.b.get("principal") or "unknown")[:200]
+        self.log("info", "audit", f"{principal}: {action}", principal=principal, command=env.t)
+
     def _not_ready(self, sender, env) -> bool:
         if self.parent is not None and self.registry is not None:
             return False
@@ -66,6 +74,7 @@ class Admin(ServiceActor):
         if self._not_ready(sender, env):
             return
         name = env.b["name"]
+        self._audit(env, f"restart {name}")
 
         def found(reply):
             if reply is None or reply.t == "error":
@@ -99,9 +108,12 @@ class Admin(ServiceActor):
     # -- queue commands: the queue is looked up in the registry for each one ----------------
     # (no cached address: after a restart of the queue a cached one is dead, and a request sent
     # there is lost without a word from Thespian; the client would only see its timeout)
-    def _to_queue(self, sender, env, mtype: protocol.MessageType, body: dict, what: str) -> None:
+    def _to_queue(self, sender, env, mtype: protocol.MessageType, body: dict, what: str,
+                  audit: str | None = None) -> None:
         if self._not_ready(sender, env):
             return
+        if audit:
+            self._audit(env, audit)
 
         def found(reply):
             if reply is None or reply.t == "error":
@@ -120,7 +132,10 @@ class Admin(ServiceActor):
 
     @handles(protocol.ADMIN_SEND)
     def _send(self, env, sender) -> None:
-        self._to_queue(sender, env, protocol.QUEUE_ENQUEUE, {"items": env.b["items"]}, "enqueue")
+        items = env.b["items"]
+        to = sorted({str(i.get("recipient"))[:64] for i in items if isinstance(i, dict)})
+        self._to_queue(sender, env, protocol.QUEUE_ENQUEUE, {"items": items}, "enqueue",
+                       audit=f"send {len(items)} message(s) to {', '.join(to)}"[:300])
 
     @handles(protocol.ADMIN_QUEUE)
     def _queue_op(self, env, sender) -> None:
@@ -129,8 +144,11 @@ class Admin(ServiceActor):
             self.reply_error(sender, env, "bad_request", f"unknown queue command {op!r}; "
                              f"expected one of {', '.join(_QUEUE_OPS)}")
             return
-        body = {k: v for k, v in env.b.items() if k != "op"}
-        self._to_queue(sender, env, _QUEUE_OPS[op], body, f"queue {op}")
+        body = {k: v for k, v in env.b.items() if k not in ("op", "principal")}
+        changes = op in ("requeue", "purge")
+        self._to_queue(sender, env, _QUEUE_OPS[op], body, f"queue {op}", audit=(
+            f"queue {op} " + " ".join(f"{k}={v}" for k, v in body.items()))[:300]
+            if changes else None)
 
     # -- configuration reload ---------------------------------------------------------------------
     def on_start(self) -> None:
@@ -145,6 +163,7 @@ class Admin(ServiceActor):
     def _reload_command(self, env, sender) -> None:
         if self._not_ready(sender, env):
             return
+        self._audit(env, "reload")
         outcome = self._reload()
         if outcome.ok:
             self.reply(sender, env, protocol.OK, outcome.view())

@@ -28,6 +28,28 @@ def alert(severity: str, service: str, summary: str, details: str = "",
             "ts": time.time(), "count": 1}
 
 
+_STATE_SEVERITY = {"running": "info", "disabled": "info", "restarting": "warning",
+                   "stopped": "warning", "failed": "error"}
+
+
+def state_notice(name: str, last: str | None, new: str, detail: str = "") -> dict | None:
+    """The notification for a supervised actor now in state ``new``, or None when it is not
+    news. ``last``: its last state that was not on the way somewhere (starting, stopping),
+    None before its first. A first start is not news; coming back after a restart is.
+
+    >>> state_notice("queue", "running", "restarting", "exited unexpectedly")["summary"]
+    'queue is restarting (was running)'
+    >>> state_notice("queue", "restarting", "starting") is None
+    True
+    >>> state_notice("queue", None, "running") is None
+    True
+    """
+    if new == last or new not in _STATE_SEVERITY or (last is None and new == "running"):
+        return None
+    return dict(alert(_STATE_SEVERITY[new], name, f"{name} is {new}" + (
+        f" (was {last})" if last else ""), detail, key=f"{name}:state"), kind="state")
+
+
 @dataclass
 class _Window:
     opened: float

@@ -88,8 +88,8 @@ class Probe(ServiceActor):
         logging.getLogger("probe.library").warning("library says %s", env.b["text"])
         self.reply(sender, env, protocol.OK, {})
 
-    @handles(protocol.ALERT)
-    def alert_sink(self, env, sender) -> None:
+    @handles(protocol.NOTIFY)
+    def notice_sink(self, env, sender) -> None:
         self.alerts.append(env.b)
 
     @handles(protocol.TEST_WHERE)

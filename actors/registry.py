@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from actors.alerts import AlertRouter, alert
+from actors.alerts import AlertRouter, alert, state_notice
 from actors.status import Entry, snapshot
 from system import protocol
 from system.errors import PermanentError
@@ -65,10 +65,26 @@ class Registry(ServiceActor):
             self.log("warning" if body["severity"] in ("info", "warning") else "error",
                      "alert", body["summary"], alert_service=body["service"],
                      severity=body["severity"], count=body["count"], details=body["details"])
-            for sink in self.sinks:
-                entry = self.entries.get(sink)
-                if entry is not None and entry.state == "running" and entry.addr:
-                    self.send(protocol.address_from_wire(entry.addr), protocol.ALERT.encode(body))
+            self._to_sinks(dict(body, kind="alert"))
+
+    def _to_sinks(self, notice: dict) -> None:
+        """The one notification path: alerts, state changes and milestones, to every running
+        sink (alerts.sinks); a sink decides what it shows."""
+        data = None
+        for sink in self.sinks:
+            entry = self.entries.get(sink)
+            if entry is not None and entry.state == "running" and entry.addr:
+                data = data or protocol.NOTIFY.encode(notice)
+                self.send(protocol.address_from_wire(entry.addr), data)
+
+    @handles(protocol.NOTIFY)
+    def _notify(self, env, sender) -> None:
+        """A service's milestone (a gas sent): logged and passed on, not coalesced."""
+        body = {"details": "", "ts": time.time(), "count": 1, **env.b}
+        body["key"] = str(body.get("key") or f"{body['service']}:{body['summary']}")
+        self.log("info", "notify", body["summary"], notice_service=body["service"],
+                 kind=body["kind"])
+        self._to_sinks(body)
 
     # -- reports from the tree ---------------------------------------------------------------
     def _reporters(self) -> set[str]:
@@ -115,6 +131,10 @@ class Registry(ServiceActor):
             self._forget_pings(entry.name)  # pings to the previous process are moot
         entry.parent_addr = reporter
         entry.update(b, time.time())
+        if entry.state not in ("starting", "stopping"):
+            if notice := state_notice(entry.name, entry.settled, entry.state, entry.last_error):
+                self._to_sinks(notice)
+            entry.settled = entry.state
         if new_process:
             self._ping(entry, time.time())  # health known now, not a poll period later
         if entry.state != "running":

@@ -36,6 +36,8 @@ class Entry:
     """Start time of the supervisor incarnation that reported last: older ones are stale."""
     seq: int = 0
     """Number of that supervisor's last applied report: a lower one arrived late."""
+    settled: str | None = None
+    """The last state not on the way to another (starting, stopping): for state notices."""
     errors: dict = field(default_factory=dict)
     rss_bytes: int = 0
     uss_bytes: int = 0

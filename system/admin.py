@@ -11,6 +11,7 @@ and raises :class:`AdminError` (one clear line) on an error reply or a timeout; 
 """
 from __future__ import annotations
 
+import getpass
 import time
 
 from system import protocol
@@ -18,6 +19,13 @@ from system.launcher import ROOT_CLASS, ROOT_NAME, connect, read_pid_file
 
 ATTEMPT_TIMEOUT_S = 3.0
 _RETRYABLE = {"not_ready", "moved", "slow"}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return "unknown"
 
 
 class AdminError(Exception):
@@ -35,6 +43,7 @@ class AdminClient:
         self.timeout = timeout
         self._admin = None
         self._late: dict[str, protocol.Envelope] = {}  # replies that came during another ask
+        self.principal = f"cli:{_user()}"
 
     def call(self, mtype: protocol.MessageType, body: dict | None = None,
              timeout: float | None = None) -> dict:
@@ -46,6 +55,7 @@ class AdminClient:
         not asked twice: a second send, purge or restart would run again and report on the
         second run."""
         deadline = time.monotonic() + (timeout or self.timeout)
+        body = {"principal": self.principal, **(body or {})}
         mid = protocol.new_id()
         data, sent_to = mtype.encode(body, id=mid), None
         try:

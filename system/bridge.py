@@ -10,11 +10,16 @@ documented way: a ``queue.SimpleQueue`` plus a socketpair whose read end the act
     ...
     for event in bridge.drain(): ...   # in the actor
     bridge.call(coro)                  # run a coroutine on the client's loop from the actor
+
+A request from the client that the actor must answer (a chat command asking the admin) is an
+:meth:`~AsyncBridge.ask` on the loop: the actor gets ``("ask", rid, request)`` and resolves it
+with :meth:`~AsyncBridge.answer`, from its own thread, whenever the answer is there.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import queue
 import socket
 import threading
@@ -31,6 +36,8 @@ class AsyncBridge:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._asks = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
 
     @property
     def running(self) -> bool:
@@ -79,6 +86,27 @@ class AsyncBridge:
                 events.append(self._events.get_nowait())
             except queue.Empty:
                 return events
+
+    async def ask(self, request: Any, timeout: float) -> Any:
+        """On the loop: post ``("ask", rid, request)`` to the actor and wait for its
+        :meth:`answer` (TimeoutError after ``timeout`` seconds; a late answer is dropped)."""
+        rid = next(self._asks)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        self.post(("ask", rid, request))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(rid, None)
+
+    def answer(self, rid: int, result: Any) -> None:
+        """From the actor: resolve the ask ``rid`` with ``result`` (thread-safe)."""
+        def resolve() -> None:
+            future = self._waiting.get(rid)
+            if future is not None and not future.done():
+                future.set_result(result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(resolve)
 
     def call(self, coro: Awaitable) -> Any:
         """From the actor: schedule a coroutine on the client's loop (returns a Future)."""

@@ -134,6 +134,10 @@ TREE_RECONFIGURE = define("tree.reconfigure", "Apply a new, validated config to 
                           config=dict)
 ALERT = define("alert", "Something an operator should know: severity, service, summary, details.",
                severity=str, service=str, summary=str)
+NOTIFY = define("notify", "For the chat sinks (alerts.sinks): kind (alert | state | gas), severity, "
+                "service, summary, details, key, ts, count. A service sends one to the registry "
+                "(a milestone); the registry sends every alert, state change and milestone on.",
+                kind=str, severity=str, service=str, summary=str)
 
 # Health
 HEALTH_PING = define("health.ping", "Are you alive? Answered with health.pong.")

@@ -163,6 +163,16 @@ class SwarmActor(Actor):
                 {"severity": severity, "service": self.name, "summary": summary,
                  "details": details, "key": key or f"{self.name}:{summary}"}))
 
+    def notify(self, kind: str, summary: str, details: str = "", severity: str = "info",
+               key: str | None = None, **fields: Any) -> None:
+        """Announce a milestone (``kind`` e.g. ``gas``) to the chat sinks, through the registry:
+        the same path as alerts and state changes, without coalescing."""
+        self.log("info", "notify", summary, kind=kind, details=details)
+        if self.registry:
+            self.send(protocol.address_from_wire(self.registry), protocol.NOTIFY.encode(
+                {"kind": kind, "severity": severity, "service": self.name, "summary": summary,
+                 "details": details, "key": key or f"{self.name}:{summary}", **fields}))
+
     def adopt_config(self, body: dict) -> None:
         """Take the lifecycle fields of ``svc.init`` / ``config.changed``: config, log level,
         secrets to redact, and (init only) where the registry, root and config file are."""

@@ -21,6 +21,12 @@ from system.service import ServiceActor, handles
 REQUEST_TIMEOUT_S = 10.0
 _QUEUE_OPS = {"stats": protocol.QUEUE_STATS, "dlq": protocol.QUEUE_DLQ,
               "requeue": protocol.QUEUE_REQUEUE, "purge": protocol.QUEUE_PURGE}
+# admin.gas ops -> (message to the gas service, whether it changes something: audited)
+_GAS_OPS = {"status": (protocol.GAS_STATUS, False), "history": (protocol.GAS_HISTORY, False),
+            "progress": (protocol.GAS_PROGRESS, True), "unstall": (protocol.GAS_UNSTALL, True),
+            "brain_add": (protocol.BRAIN_ADD, True), "brain_search": (protocol.BRAIN_SEARCH, False),
+            "brain_show": (protocol.BRAIN_SHOW, False), "brain_list": (protocol.BRAIN_LIST, False)}
+_UNAVAILABLE = {"queue": "the queue service", "gas": "the gas pipeline"}
 
 
 class Admin(ServiceActor):
@@ -105,36 +111,41 @@ class Admin(ServiceActor):
         self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": env.b["name"]},
                      self._answer(sender, env, "lookup"), REQUEST_TIMEOUT_S)
 
-    # -- queue commands: the queue is looked up in the registry for each one ----------------
+    # -- service commands: the service is looked up in the registry for each one -------------
     # (no cached address: after a restart of the queue a cached one is dead, and a request sent
     # there is lost without a word from Thespian; the client would only see its timeout)
-    def _to_queue(self, sender, env, mtype: protocol.MessageType, body: dict, what: str,
-                  audit: str | None = None) -> None:
+    def _to_service(self, service: str, sender, env, mtype: protocol.MessageType, body: dict,
+                    what: str, audit: str | None = None) -> None:
         if self._not_ready(sender, env):
             return
         if audit:
             self._audit(env, audit)
 
         def found(reply):
+            if reply is not None and reply.t == "error" and reply.b["code"] == "unknown_service":
+                self.reply_error(sender, env, f"{service}_unavailable",
+                                 f"{_UNAVAILABLE[service]} is not configured")
+                return
             if reply is None or reply.t == "error":
-                self._answer(sender, env, "lookup of the queue")(reply)
+                self._answer(sender, env, f"lookup of {service}")(reply)
                 return
             state, addr = reply.b.get("state"), reply.b.get("addr")
             if state != "running" or not addr:
-                code = "not_ready" if state in ("starting", "restarting") else "queue_unavailable"
-                self.reply_error(sender, env, code, f"the queue service is {state}")
+                code = "not_ready" if state in ("starting", "restarting") \
+                    else f"{service}_unavailable"
+                self.reply_error(sender, env, code, f"{_UNAVAILABLE[service]} is {state}")
                 return
             self.request(protocol.address_from_wire(addr), mtype, body,
                          self._answer(sender, env, what), REQUEST_TIMEOUT_S)
 
-        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": "queue"}, found,
+        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": service}, found,
                      REQUEST_TIMEOUT_S)
 
     @handles(protocol.ADMIN_SEND)
     def _send(self, env, sender) -> None:
         items = env.b["items"]
         to = sorted({str(i.get("recipient"))[:64] for i in items if isinstance(i, dict)})
-        self._to_queue(sender, env, protocol.QUEUE_ENQUEUE, {"items": items}, "enqueue",
+        self._to_service("queue", sender, env, protocol.QUEUE_ENQUEUE, {"items": items}, "enqueue",
                        audit=f"send {len(items)} message(s) to {', '.join(to)}"[:300])
 
     @handles(protocol.ADMIN_QUEUE)
@@ -146,9 +157,53 @@ class Admin(ServiceActor):
             return
         body = {k: v for k, v in env.b.items() if k not in ("op", "principal")}
         changes = op in ("requeue", "purge")
-        self._to_queue(sender, env, _QUEUE_OPS[op], body, f"queue {op}", audit=(
+        self._to_service("queue", sender, env, _QUEUE_OPS[op], body, f"queue {op}", audit=(
             f"queue {op} " + " ".join(f"{k}={v}" for k, v in body.items()))[:300]
             if changes else None)
+
+    @handles(protocol.ADMIN_GAS)
+    def _gas_op(self, env, sender) -> None:
+        op = env.b["op"]
+        if op not in _GAS_OPS:
+            self.reply_error(sender, env, "bad_request", f"unknown gas command {op!r}; "
+                             f"expected one of {', '.join(_GAS_OPS)}")
+            return
+        mtype, changes = _GAS_OPS[op]
+        body = {k: v for k, v in env.b.items() if k not in ("op", "principal")}
+        self._to_service("gas", sender, env, mtype, body, f"gas {op}", audit=(
+            f"gas {op} " + " ".join(f"{k}={str(v)[:60]}" for k, v in body.items()))[:300]
+            if changes else None)
+
+    @handles(protocol.ADMIN_AGENTS)
+    def _agents(self, env, sender) -> None:
+        """Inbox depths from the queue and gas state from the pipeline, each when available:
+        one view of every agent for the chat services."""
+        if self._not_ready(sender, env):
+            return
+        names = list(self.config.get("agents", {}).get("names", []))
+        answers: dict[str, dict | None] = {}
+
+        def collect(part: str):
+            def done(reply):
+                answers[part] = reply.b if reply is not None and reply.t == "ok" else None
+                if len(answers) == 2:
+                    self.reply(sender, env, protocol.OK, _agents_view(names, answers))
+            return done
+
+        self._to_service_quiet("queue", protocol.QUEUE_STATS, {}, collect("queue"))
+        self._to_service_quiet("gas", protocol.GAS_STATUS, {}, collect("gas"))
+
+    def _to_service_quiet(self, service: str, mtype, body: dict, done) -> None:
+        """Ask a service found in the registry; ``done(None)`` if it is not there or silent."""
+        def found(reply):
+            addr = reply.b.get("addr") if reply is not None and reply.t != "error" else None
+            if not addr or reply.b.get("state") != "running":
+                done(None)
+                return
+            self.request(protocol.address_from_wire(addr), mtype, body, done, REQUEST_TIMEOUT_S)
+
+        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": service}, found,
+                     REQUEST_TIMEOUT_S)
 
     # -- configuration reload ---------------------------------------------------------------------
     def on_start(self) -> None:
@@ -189,3 +244,12 @@ class Admin(ServiceActor):
         self.log("info", "reloaded", "config reloaded", **{k: v for k, v in summary.items()
                                                            if v and k != "empty"})
         return outcome
+
+
+def _agents_view(names: list[str], answers: dict) -> dict:
+    queue, gas = answers.get("queue") or {}, answers.get("gas") or {}
+    ready = queue.get("ready_by_recipient", {})
+    by_agent = {a["agent"]: a for a in gas.get("agents", [])}
+    return {"agents": [{"name": n, "inbox": ready.get(n, 0), "gas": by_agent.get(n)}
+                       for n in names],
+            "queue": bool(queue), "gas": bool(gas)}

@@ -58,6 +58,10 @@ class Child:
     """Correlation id of the request that asked for this child's restart (logged by the child)."""
 
 
+def _block(config: dict | None, name: str) -> dict | None:
+    return (config or {}).get("services", {}).get(name)
+
+
 def _wait(seconds: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=max(0.0, seconds))
 
@@ -352,9 +356,16 @@ class Supervisor(SwarmActor):
         self.policy.update_spec(policy_of(self.name, new))
         if self.name == "services":
             self._resync_services(old, new)
-        for child in self.children.values():
+        for name, child in self.children.items():
             if child.addr is not None and child.state == "running":
                 self._send_config(child)  # one still starting gets it when it confirms
+            elif child.state in ("failed", "disabled") and child.addr is None and (
+                    _block(child.config, name) != _block(new, name)):
+                # parked until its config changed (a token added): start it with the new one
+                self.log("info", "reconfigure", f"{name} was {child.state}; its config "
+                         "changed, starting it again", child=name)
+                child.last_error = ""
+                self._queue_start([name])
         self._report_all()
 
     def _send_config(self, child: Child) -> None:

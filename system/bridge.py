@@ -11,6 +11,11 @@ documented way: a ``queue.SimpleQueue`` plus a socketpair whose read end the act
     for event in bridge.drain(): ...   # in the actor
     bridge.call(coro)                  # run a coroutine on the client's loop from the actor
 
+Logging from the client's thread must go through the actor too: inside an actor, records are
+forwarded by Thespian's transport, which only the actor's own thread may use. The loop logs with
+:meth:`~AsyncBridge.log`, and :meth:`~AsyncBridge.capture_logs` routes a library's loggers
+(``discord``, ``twitchio``) the same way; the service base writes them from the actor thread.
+
 A request from the client that the actor must answer (a chat command asking the admin) is an
 :meth:`~AsyncBridge.ask` on the loop: the actor gets ``("ask", rid, request)`` and resolves it
 with :meth:`~AsyncBridge.answer`, from its own thread, whenever the answer is there.
@@ -20,11 +25,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import queue
 import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+LOG_EVENT = "bridge.log"
+
+
+class _ToActor(logging.Handler):
+    """Hands a library's log records to the actor's thread."""
+
+    def __init__(self, bridge: AsyncBridge) -> None:
+        super().__init__()
+        self.bridge = bridge
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.bridge.post((LOG_EVENT, record))
 
 
 class AsyncBridge:
@@ -86,6 +105,19 @@ class AsyncBridge:
                 events.append(self._events.get_nowait())
             except queue.Empty:
                 return events
+
+    def log(self, level: str, event: str, msg: str, **fields: Any) -> None:
+        """Thread-safe: a structured log line, written by the actor (see ``ServiceActor.log``)."""
+        self.post((LOG_EVENT, (level, event, msg, fields)))
+
+    def capture_logs(self, *names: str, level: int = logging.INFO) -> None:
+        """Send the records of these loggers (and their children) through the actor."""
+        handler = _ToActor(self)
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.handlers = [handler]
+            logger.setLevel(level)
+            logger.propagate = False
 
     async def ask(self, request: Any, timeout: float) -> Any:
         """On the loop: post ``("ask", rid, request)`` to the actor and wait for its

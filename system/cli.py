@@ -2,6 +2,12 @@
 
 Every command takes ``-c/--config PATH`` before or after the subcommand and, where it prints
 data, ``--json``. Exit status 0 on success; otherwise one clear line on stderr and non-zero.
+
+A service package adds its own commands (``swarm queue``, ``swarm gas``, ...) through the
+``swarm.commands`` entry-point group: each entry is ``register(add, common)``, where
+``add(name, func, help)`` returns a new subcommand's parser and ``common`` is the parent parser
+of ``-c``/``--json``; handlers use :func:`config_of`, :func:`emit`, :func:`fail` and
+:func:`int_in`. So this module imports nothing from ``actors/``.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from system import protocol
@@ -33,18 +40,18 @@ from system.logs import LOG_FILE, follow_log, format_line, log_files
 from system.tables import make_console, print_status, status_table
 
 
-def _config(args) -> Config:
+def config_of(args) -> Config:
     return load_config(getattr(args, "config", None))
 
 
-def _json(args) -> bool:
+def wants_json(args) -> bool:
     # -c and --json are on every (sub)parser with default SUPPRESS, so whichever parser saw
     # them sets them and none writes a default over them: absent means not given.
     return getattr(args, "json", False)
 
 
-def _emit(args, data, human) -> None:
-    if _json(args):
+def emit(args, data, human) -> None:
+    if wants_json(args):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         human(data)
@@ -74,21 +81,21 @@ def wait_healthy(config: dict, wait_s: float) -> dict:
 
 
 def cmd_start(args) -> int:
-    cfg = _config(args)
+    cfg = config_of(args)
     host, port = admin_endpoint(cfg.data)
     if port_open(host, port):
-        return _fail(f"a swarm is already running on {host}:{port}")
+        return fail(f"a swarm is already running on {host}:{port}")
     proc = spawn_boot(cfg.file, cfg.data)
     if not args.detach:
         return _foreground(cfg, args.wait, proc)
     error = _booted(proc, cfg, args.wait)
     if error:
-        return _fail(error)
+        return fail(error)
     try:
         status = wait_healthy(cfg.data, args.wait)
     except (AdminError, NotRunning) as exc:
-        return _fail(str(exc))
-    _emit(args, status, print_status)
+        return fail(str(exc))
+    emit(args, status, print_status)
     return 0
 
 
@@ -112,7 +119,7 @@ def _foreground(cfg: Config, wait_s: float, boot_proc: subprocess.Popen) -> int:
     try:
         error = _booted(boot_proc, cfg, wait_s)
         if error:
-            return _fail(error)
+            return fail(error)
         print_status(wait_healthy(cfg.data, wait_s))
         print("swarm running in the foreground; Ctrl-C stops it", flush=True)
         color = sys.stdout.isatty()
@@ -121,12 +128,12 @@ def _foreground(cfg: Config, wait_s: float, boot_proc: subprocess.Popen) -> int:
             text = format_line(line, color)
             if text:
                 print(text, flush=True)
-        code = _fail("the swarm went away")
+        code = fail("the swarm went away")
     except KeyboardInterrupt:
         with contextlib.suppress(subprocess.TimeoutExpired):
             boot_proc.wait(timeout=wait_s + 60)  # let a boot in progress finish, then stop it
     except (AdminError, NotRunning) as exc:
-        code = _fail(str(exc))
+        code = fail(str(exc))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -138,7 +145,7 @@ def _foreground(cfg: Config, wait_s: float, boot_proc: subprocess.Popen) -> int:
 
 def cmd_boot(args) -> int:
     """Hidden: the detached launcher process. Boots the tree, then exits; the swarm lives on."""
-    cfg = _config(args)
+    cfg = config_of(args)
     try:
         boot(cfg.runtime())
     except (AlreadyRunning, RuntimeError) as exc:
@@ -148,11 +155,11 @@ def cmd_boot(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    cfg = _config(args)
+    cfg = config_of(args)
     timeout = args.timeout if args.timeout is not None else cfg.get(
         "supervision.shutdown_timeout_s", 5.0)
     report = shutdown(cfg.data, timeout=timeout)
-    _emit(args, report, lambda r: print(f"swarm stopped{_killed(r)}"))
+    emit(args, report, lambda r: print(f"swarm stopped{_killed(r)}"))
     return 0
 
 
@@ -162,10 +169,10 @@ def _killed(report: dict) -> str:
 
 # -- admin commands -------------------------------------------------------------------------------
 def cmd_status(args) -> int:
-    cfg = _config(args)
+    cfg = config_of(args)
     status = AdminClient(cfg.data).call(protocol.ADMIN_STATUS)
     status["pid_file"] = read_pid_file(cfg.data)
-    _emit(args, status, print_status)
+    emit(args, status, print_status)
     return 0 if status.get("healthy") else 3
 
 
@@ -173,7 +180,7 @@ def cmd_top(args) -> int:
     """A live status table, refreshed every --interval seconds until Ctrl-C."""
     from rich.live import Live
 
-    cfg = _config(args)
+    cfg = config_of(args)
     client = AdminClient(cfg.data)
     try:
         with Live(status_table(client.call(protocol.ADMIN_STATUS)), auto_refresh=False,
@@ -186,92 +193,10 @@ def cmd_top(args) -> int:
 
 
 def cmd_restart(args) -> int:
-    cfg = _config(args)
+    cfg = config_of(args)
     reply = AdminClient(cfg.data).call(protocol.ADMIN_RESTART, {"name": args.name})
-    _emit(args, reply, lambda r: print(f"{args.name} restarted (pid {r['pid']})" if r.get("pid")
+    emit(args, reply, lambda r: print(f"{args.name} restarted (pid {r['pid']})" if r.get("pid")
                                        else f"{args.name} restarting (the admin goes with it)"))
-    return 0
-
-
-# -- queue ----------------------------------------------------------------------------------------
-def cmd_send(args) -> int:
-    from actors.queue import commands as qc
-
-    cfg = _config(args)
-    agents = cfg.get("agents.names", None) or []
-    if args.file:
-        if args.recipient or args.text is not None:
-            return _fail("give RECIPIENT TEXT or --file, not both")
-        if args.header or any(v is not None for v in (args.priority, args.type, args.id,
-                                                      args.sender)):
-            return _fail("--priority, --type, --id, --sender and --header are for one message; "
-                         "in a --file give them on each line")
-        try:
-            with open(args.file, "rb") as handle:
-                items, rejected = qc.parse_jsonl(qc.read_lines(handle))
-        except OSError as exc:
-            return _fail(f"cannot read {args.file}: {exc.strerror}")
-        client = AdminClient(cfg.data)
-        report = qc.send_batches(lambda batch: client.call(protocol.ADMIN_SEND, {"items": batch}),
-                                 items, rejected, int(cfg.get("services.queue.batch_max", 500)))
-        _emit(args, report, qc.print_send_report)
-        queued = set(report["ids"])
-        for rcpt in sorted({r for _, i in items if isinstance(i["id"], str) and i["id"] in queued
-                            and isinstance(r := i.get("recipient"), str)}):
-            if note := qc.recipient_note(rcpt, agents):
-                print(f"swarm: {note}", file=sys.stderr)
-        return 1 if report["rejected"] or report["unsent"] else 0
-    if not args.recipient or args.text is None:
-        return _fail("send needs RECIPIENT and TEXT, or --file F.jsonl")
-    try:
-        item = qc.text_item(args.recipient, args.text, priority=args.priority, type=args.type,
-                            id=args.id, sender=args.sender, headers=args.header)
-    except ValueError as exc:
-        return _fail(str(exc))
-    reply = AdminClient(cfg.data).call(protocol.ADMIN_SEND, {"items": [item]})
-    if reply["rejected"]:
-        return _fail(f"rejected: {reply['rejected'][0][1]}")
-    if note := qc.recipient_note(args.recipient, agents):
-        print(f"swarm: {note}", file=sys.stderr)
-    out = {"id": reply["ids"][0], "duplicate": bool(reply["duplicates"])}
-    _emit(args, out, lambda r: print(r["id"] + (" (duplicate: already accepted, not queued "
-                                                "again)" if r["duplicate"] else "")))
-    return 0
-
-
-def cmd_queue(args) -> int:
-    from actors.queue import commands as qc
-
-    cfg = _config(args)
-    op, body = args.queue_command, {}
-    if op == "dlq":
-        body = {"limit": args.limit, "offset": args.offset}
-    elif op == "requeue":
-        if bool(args.ids) == bool(args.all):
-            return _fail("requeue needs message ids or --all (not both)")
-        body = {"all": True} if args.all else {"ids": args.ids}
-    elif op == "purge":
-        if args.recipient is not None and not args.recipient.strip():
-            return _fail("--recipient must not be empty (leave it out to purge every recipient)")
-        if args.state != "dead" and not args.yes:
-            return _fail(f"purging {args.state} messages deletes undelivered messages for good; "
-                         "add --yes")
-        body = {"state": args.state, **({"recipient": args.recipient}
-                                        if args.recipient is not None else {})}
-    reply = AdminClient(cfg.data).call(protocol.ADMIN_QUEUE, {"op": op, **body})
-    if op == "stats":
-        _emit(args, reply, qc.print_stats)
-    elif op == "dlq":
-        reply["messages"], reply["offset"] = qc.decode_payloads(reply["messages"]), args.offset
-        _emit(args, reply, qc.print_dlq)
-    elif op == "requeue":
-        _emit(args, reply, lambda r: print(f"requeued {r['requeued']}"))
-        if reply["missing"]:
-            return _fail("not dead letters: " + ", ".join(reply["missing"]))
-    else:
-        what = "" if args.state == "all" else f" {args.state}"
-        where = f" of {args.recipient}" if args.recipient is not None else ""
-        _emit(args, reply, lambda r: print(f"purged {r['purged']}{what} messages{where}"))
     return 0
 
 
@@ -284,9 +209,9 @@ def _changes(summary: dict) -> str:
 
 
 def cmd_reload(args) -> int:
-    cfg = _config(args)  # validated here too: a bad file fails fast with every error
+    cfg = config_of(args)  # validated here too: a bad file fails fast with every error
     reply = AdminClient(cfg.data).call(protocol.ADMIN_RELOAD)
-    _emit(args, reply, _print_reload)
+    emit(args, reply, _print_reload)
     return 0
 
 
@@ -309,7 +234,7 @@ def _print_reload(reply: dict) -> None:
 
 # -- logs -------------------------------------------------------------------------------------------
 def cmd_logs(args) -> int:
-    cfg = _config(args)
+    cfg = config_of(args)
     directory = data_dir(cfg.data) / "logs"
     levels = ["debug", "info", "warning", "error"]
     floor = levels.index(args.level)
@@ -323,13 +248,13 @@ def cmd_logs(args) -> int:
             return
         if levels.index(rec.get("level", "info")) < floor if rec.get("level") in levels else False:
             return
-        text = line if _json(args) else format_line(line, sys.stdout.isatty())
+        text = line if wants_json(args) else format_line(line, sys.stdout.isatty())
         if text:
             print(text, flush=True)
 
     files = [p for p in log_files(directory) if p.exists()]
     if not files and not args.follow:
-        return _fail(f"no logs yet under {directory}")
+        return fail(f"no logs yet under {directory}")
     for path in files:
         with open(path, encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -345,14 +270,14 @@ def cmd_logs(args) -> int:
 
 # -- config ---------------------------------------------------------------------------------------
 def cmd_config_check(args) -> int:
-    cfg = _config(args)
+    cfg = config_of(args)
     print(f"config ok: {cfg.file or 'packaged defaults'}")
     return 0
 
 
 def cmd_config_show(args) -> int:
-    cfg = _config(args)
-    if _json(args):
+    cfg = config_of(args)
+    if wants_json(args):
         print(json.dumps({"config": cfg.redacted(), "sources": cfg.sources}, indent=2,
                          sort_keys=True, default=str))
         return 0
@@ -362,7 +287,7 @@ def cmd_config_show(args) -> int:
 
 
 # -- plumbing --------------------------------------------------------------------------------------
-def _fail(message: str, code: int = 1) -> int:
+def fail(message: str, code: int = 1) -> int:
     print(f"swarm: {message}", file=sys.stderr)
     return code
 
@@ -375,7 +300,7 @@ def _last_line(path: Path) -> str:
     return lines[-1].removeprefix("swarm: ") if lines else ""
 
 
-def _int_in(low: int, high: int):
+def int_in(low: int, high: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -422,40 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="NAME", help="only this service")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--level", choices=["debug", "info", "warning", "error"], default="debug")
-    p = add("send", cmd_send, "enqueue a message (prints its id), or many with --file")
-    p.add_argument("recipient", nargs="?", metavar="RECIPIENT", help="an agent or service name")
-    p.add_argument("text", nargs="?", metavar="TEXT", help="the message text")
-    p.add_argument("--priority", choices=["urgent", "high", "normal", "low"], default=None)
-    p.add_argument("--type", default=None, metavar="T", help="message type (default text)")
-    p.add_argument("--id", default=None, metavar="ID", help="message id (a re-send is a duplicate)")
-    p.add_argument("--sender", default=None, metavar="S", help="sender name (default cli)")
-    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
-                   help="a message header, shown in an inbox file as 'KEY: VALUE' (repeatable)")
-    p.add_argument("--file", default=None, metavar="F.jsonl",
-                   help="one JSON object per line: recipient, text|payload, priority, type, id, "
-                        "sender, headers, delay_s (exit 1 if any line is rejected)")
-    q = add("queue", None, "queue statistics, dead letters, requeue, purge")
-    q_sub = q.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
-
-    def queue_action(name, text):
-        action = q_sub.add_parser(name, parents=[common], help=text, description=text)
-        action.set_defaults(func=cmd_queue)
-        return action
-
-    queue_action("stats", "depth, rates, latency, in-flight per consumer, health")
-    p = queue_action("dlq", "list dead letters, oldest first")
-    p.add_argument("--limit", type=_int_in(1, 10_000), default=100, metavar="N",
-                   help="at most N (default 100)")
-    p.add_argument("--offset", type=_int_in(0, 2**63 - 1), default=0, metavar="N",
-                   help="skip the first N")
-    p = queue_action("requeue", "make dead letters ready again (attempts reset)")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--all", action="store_true", help="every dead letter")
-    p = queue_action("purge", "delete messages (default: the dead letters)")
-    p.add_argument("--state", choices=["dead", "ready", "leased", "all"], default="dead")
-    p.add_argument("--recipient", default=None, metavar="R", help="only messages for R")
-    p.add_argument("--yes", action="store_true",
-                   help="confirm purging ready, leased or all messages (not needed for dead)")
+    for extension in sorted(entry_points(group="swarm.commands"), key=lambda e: e.name):
+        extension.load()(add, common)  # a service package's commands (setup.cfg entry points)
     cfg = add("config", None, "check or show the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     for name, func, text in (("check", cmd_config_check, "validate the configuration"),
@@ -473,11 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"swarm: config: {line}", file=sys.stderr)
         return 2
     except (NotRunning, AdminError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - never a traceback to the user
-        return _fail(f"internal error: {type(exc).__name__}: {exc}")
+        return fail(f"internal error: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ class ConfigError(SwarmError):
         super().__init__("; ".join(self.errors))
 
 
+class NotConfigured(ConfigError):
+    """A service is enabled but lacks what it needs to run (a token): it is parked in state
+    ``disabled`` with the key to set, not ``failed``."""
+
+    state = "disabled"
+
+
 class FatalError(SwarmError):
     """State is broken: crash and let the supervisor restart the actor."""
 

@@ -203,6 +203,26 @@ ADMIN_QUEUE = define("admin.queue", "Queue operator command: op (stats|dlq|reque
                      "that command's fields.", op=str)
 # End of Queue ------------------------------------------------------------------------------
 
+# Gas pipeline and swarm brain (actors/gas/) -------------------------------------------------
+GAS_STATUS = define("gas.status", "Every watched agent: stage, progress, task, updated, next "
+                    "agent, gas sent; ok: agents (list), relay (names).")
+GAS_PROGRESS = define("gas.progress", "Report progress: agent, progress (0-100), task.",
+                      agent=str)
+GAS_UNSTALL = define("gas.unstall", "Nudge an agent again and restart its stall timer: agent.",
+                     agent=str)
+GAS_HISTORY = define("gas.history", "Gas sent, newest first: agent (optional), limit.")
+BRAIN_ADD = define("brain.add", "Add a knowledge entry: title, content, category, tags, author; "
+                   "ok: id.", title=str, content=str)
+BRAIN_SEARCH = define("brain.search", "Ranked search: query, category, limit; ok: results.",
+                      query=str)
+BRAIN_SHOW = define("brain.show", "One entry by id.", id=int)
+BRAIN_LIST = define("brain.list", "Entries, newest first: category, limit, offset.")
+ADMIN_GAS = define("admin.gas", "Gas pipeline or brain command through the gas service: op "
+                   "(status|progress|unstall|history|brain_add|brain_search|brain_show|"
+                   "brain_list) and that command's fields.", op=str)
+ADMIN_AGENTS = define("admin.agents", "Every agent of agents.names: inbox depth (queue) and gas "
+                      "state (gas service, when running); ok: agents.")
+
 # Test services (used by the test suite and the bridge burst test)
 TEST_HANG = define("test.hang", "Block the actor inside a handler (tests hung-actor detection).")
 TEST_ECHO = define("test.echo", "Echo the body back.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import datetime
+import logging
 import os
 import signal
 import time
@@ -35,6 +36,7 @@ from thespian.actors import (
 )
 
 from system import protocol
+from system.bridge import LOG_EVENT
 from system.errors import ConfigError, PermanentError, classify
 from system.logs import LEVELS, log, redact_in_process
 
@@ -294,10 +296,21 @@ class SwarmActor(Actor):
     def _drain_bridge(self) -> None:
         for event in self.bridge.drain():
             try:
+                if isinstance(event, tuple) and event and event[0] == LOG_EVENT:
+                    self._bridge_log(event[1])
+                    continue
                 self.on_event(event)
             except Exception as exc:  # noqa: BLE001
                 self.error_stats.record(classify(exc), str(exc))
                 self.log("error", "event_error", f"{type(exc).__name__}: {exc}", exc=exc)
+
+    def _bridge_log(self, entry) -> None:
+        if isinstance(entry, logging.LogRecord):  # a library's record, from the client's loop
+            entry.service, entry.logger = self.name, entry.name
+            logging.root.handle(entry)
+        else:
+            level, event, msg, fields = entry
+            self.log(level, event, msg, **fields)
 
     def _stopping(self) -> None:
         try:
@@ -374,10 +387,12 @@ class ServiceActor(SwarmActor):
         try:
             self.on_start()
         except ConfigError as exc:
+            state = getattr(exc, "state", "failed")
             self.error_stats.record("config", str(exc))
-            self.log("error", "config_error", f"{self.name} cannot start: {exc}")
+            self.log("warning" if state == "disabled" else "error", "config_error",
+                     f"{self.name} cannot start: {exc}")
             self.reply(sender, env, protocol.SVC_FAILED,
-                       {"name": self.name, "reason": str(exc), "state": "failed"})
+                       {"name": self.name, "reason": str(exc), "state": state})
             return
         self.started_at = time.time()
         self.start_ticking()

@@ -61,7 +61,7 @@ def test_the_first_notice_waits_for_its_burst_then_posts_go_no_faster_than_the_b
     times = []
     for t in range(100):  # one notice every 0.1 s for 10 s
         r.add(notice(t), now=1.0 + t * 0.1)
-        if (text := r.take(1.0 + t * 0.1)) is not None:
+        if r.take(1.0 + t * 0.1) is not None:
             times.append(1.0 + t * 0.1)
     times += [t for t, _ in drain(r, 11.0)]
     window = [1.0, *times]

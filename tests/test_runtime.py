@@ -239,6 +239,16 @@ def test_config_failure_parks_the_service_without_a_restart_loop(make_swarm):
     assert swarm.service("probe")["restarts"] == 0
 
 
+def test_a_parked_service_starts_again_once_a_reload_changes_its_config(make_swarm):
+    swarm = make_swarm({"services": {"probe": {"options": {"fail_start": "no token configured"}}}})
+    swarm.cli("start", "-d", "--wait", "3", check=False)
+    assert swarm.service("probe")["state"] == "failed"
+    swarm.rewrite({"services": {"probe": {"options": {"fail_start": ""}}}})
+    swarm.cli("reload")
+    swarm.wait_for(lambda s: s["services"]["probe"]["state"] == "running", what="probe running")
+    assert swarm.service("probe")["detail"] == ""
+
+
 def test_foreground_start_stops_cleanly_on_ctrl_c(make_swarm):
     import subprocess
     import sys

@@ -2,7 +2,16 @@
 actor, against the simulated Discord on 127.0.0.1."""
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import signal
 import time
+
+import pytest
+
+from actors.discord.simulator import GUILD_ID, SimDiscordThread
+from system import protocol
 
 
 def test_without_a_token_discord_is_disabled_with_the_key_to_set_and_never_restarts(make_swarm):
@@ -16,12 +25,6 @@ def test_without_a_token_discord_is_disabled_with_the_key_to_set_and_never_resta
 
 
 # --- against the simulated Discord --------------------------------------------------------
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-
-from actors.discord.simulator import GUILD_ID, SimDiscordThread  # noqa: E402
-
 TOKEN = "sim-TOKEN-7f3a9c-do-not-leak"
 OPS, STATUS_CH = 601, 602
 ADMIN_ROLE, OPERATOR_ROLE = 501, 502
@@ -151,3 +154,87 @@ def test_an_admin_restarts_the_queue_from_the_panel_and_the_log_says_who(discord
                for a in audit)
     post = sim.wait_post(STATUS_CH, lambda m: "queue" in m["content"], timeout=15)
     assert "queue" in post["content"]
+
+
+def wait_state(swarm, state: str, timeout: float = 20.0) -> dict:
+    return swarm.wait_for(lambda s: s["services"]["discord"]["state"] == state, timeout,
+                          f"discord {state}")["services"]["discord"]
+
+
+def test_a_revoked_token_4004_parks_discord_as_failed_without_a_restart_loop(discord_swarm, sim):
+    sim.invalidate_token()
+    view = wait_state(discord_swarm, "failed")
+    assert "services.discord.token" in view["detail"] and TOKEN not in json.dumps(view)
+    connections = sim.records()["connections"]
+    time.sleep(3)
+    assert sim.records()["connections"] == connections  # no retry against a bad token
+    assert discord_swarm.service("discord")["restarts"] == 0
+
+
+def test_a_missing_privileged_intent_4014_is_failed_and_names_it(make_swarm, sim, monkeypatch):
+    monkeypatch.setenv("TEST_DISCORD_TOKEN", TOKEN)
+    sim.configure(allowed_intents=0)
+    swarm = make_swarm({"services": {"discord": discord_block(sim)}})
+    swarm.cli("start", "-d", "--wait", "10", check=False)
+    assert "Message Content" in wait_state(swarm, "failed")["detail"]
+
+
+def test_gateway_closes_are_resumed_and_commands_keep_working(discord_swarm, sim):
+    for code in (1000, 4000):
+        resumes = len(sim.records()["resumes"])
+        sim.close_gateway(code)
+        sim.wait_until(lambda r=resumes: len(sim.sim.resumes) > r, timeout=15)
+    assert len(sim.records()["identifies"]) == 1
+    assert "queue" in reply_text(sim, sim.slash(OPS, VIEWER, "status"))
+    assert len(sim.records()["syncs"]) == 1  # synced in setup_hook, never again
+
+
+def test_an_unreachable_platform_at_first_connect_is_degraded_then_recovers(make_swarm, sim,
+                                                                           monkeypatch):
+    monkeypatch.setenv("TEST_DISCORD_TOKEN", TOKEN)
+    sim.refuse_connections = True
+    swarm = make_swarm({"services": {"discord": discord_block(sim)}})
+    swarm.start()
+    view = swarm.service("discord")
+    assert view["state"] == "running" and view["health"] == "degraded"
+    assert "unreachable" in view["detail"] or "connecting" in view["detail"]
+    sim.refuse_connections = False
+    sim.wait_ready(timeout=20)
+    swarm.wait_for(lambda s: s["services"]["discord"]["health"] == "ok", 20, "discord ok")
+    assert swarm.service("discord")["restarts"] == 0
+
+
+def test_after_a_sigkill_and_after_a_whole_swarm_restart_the_panel_still_works(discord_swarm,
+                                                                              sim):
+    sim.message(OPS, ADMIN, "!panel")
+    panel = sim.wait_post(OPS, lambda m: m.get("components"), timeout=15)
+    os.kill(discord_swarm.service("discord")["pid"], signal.SIGKILL)
+    sim.wait_ready(timeout=20, count=2)
+    discord_swarm.wait_for(lambda s: s["services"]["discord"]["health"] == "ok", 20, "ok")
+    assert "queue" in reply_text(sim, sim.click(panel, VIEWER, "swarm:panel:status"))
+    discord_swarm.cli("stop")
+    discord_swarm.start()
+    sim.wait_ready(timeout=20, count=3)
+    discord_swarm.wait_for(lambda s: s["services"]["discord"]["health"] == "ok", 20, "ok")
+    assert "Agent-1" in reply_text(sim, sim.click(panel, VIEWER, "swarm:panel:agents"))
+
+
+def test_an_alert_burst_reaches_the_status_channel_folded_within_the_budget(discord_swarm, sim):
+    before = len(sim.posts(STATUS_CH))
+    for i in range(200):
+        discord_swarm.tell("discord", protocol.NOTIFY.encode({
+            "kind": "alert", "severity": "error", "service": f"svc{i % 4}",
+            "summary": f"burst {i}", "key": f"burst:{i}"}))
+
+    def accounted() -> tuple[int, list[dict]]:
+        posts = [p for p in sim.sim.posts(STATUS_CH)[before:] if "burst" in p["content"]]
+        lines = [line for p in posts for line in p["content"].splitlines()]
+        return (sum(line.startswith("🔴") for line in lines)
+                + sum(int(line.split()[2]) for line in lines if line.startswith("… and ")), posts)
+
+    sim.wait_until(lambda: accounted()[0] >= 200, timeout=20)
+    count, posts = accounted()
+    assert count == 200, "every notification is listed or counted exactly once"
+    stamps = sorted(datetime.datetime.fromisoformat(p["timestamp"]).timestamp() for p in posts)
+    assert all(b - a >= 4.9 for a, b in zip(stamps, stamps[5:])), stamps
+    assert len(posts) <= 8

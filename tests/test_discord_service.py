@@ -238,3 +238,53 @@ def test_an_alert_burst_reaches_the_status_channel_folded_within_the_budget(disc
     stamps = sorted(datetime.datetime.fromisoformat(p["timestamp"]).timestamp() for p in posts)
     assert all(b - a >= 4.9 for a, b in zip(stamps, stamps[5:])), stamps
     assert len(posts) <= 8
+
+
+COMMAND_CASES = [  # (prefix text, slash name, options, user, expected in the reply)
+    ("!status queue", "status", {"service": "queue"}, VIEWER, "queue"),
+    ("!status nope", "status", {"service": "nope"}, VIEWER, "No service named"),
+    ("!agents", "agents", {}, VIEWER, "Agent-2"),
+    ("!queue", "queue", {}, VIEWER, "ready"),
+    ("!gas", "gas", {}, VIEWER, "Agent-1"),
+    ("!dlq", "dlq", {}, OPERATOR, "No dead letters"),
+    ("!requeue nope", "requeue", {"target": "nope"}, OPERATOR, "Not a dead letter"),
+    ("!message Agent-2 hello there", "message", {"agent": "Agent-2", "text": "hello there"},
+     OPERATOR, "Queued for Agent-2"),
+    ("!message Agent-9 hi", "message", {"agent": "Agent-9", "text": "hi"}, OPERATOR,
+     "No agent named"),
+    ("!broadcast all hands", "broadcast", {"text": "all hands"}, OPERATOR, "2 of 2"),
+    ("!unstall Agent-1", "unstall", {"agent": "Agent-1"}, OPERATOR, "gas pipeline"),
+    ("!brain search relay", "brain search", {"text": "relay"}, VIEWER, "gas pipeline"),
+    ("!reload", "reload", {}, ADMIN, "Config reloaded"),
+    ("!restart nope", "restart", {"service": "nope"}, ADMIN, "no service named"),
+    (f"!permissions <@{OPERATOR}> restart", "permissions", {"user": str(OPERATOR),
+                                                            "command": "restart"},
+     ADMIN, "refused"),
+    ("!help", "help", {}, OPERATOR, "broadcast"),
+]
+
+
+@pytest.mark.parametrize("prefix, slash, options, user, expected", COMMAND_CASES,
+                         ids=[c[0] for c in COMMAND_CASES])
+def test_every_command_answers_by_prefix_and_by_slash(discord_swarm, sim, prefix, slash,
+                                                      options, user, expected):
+    sim.message(OPS, user, prefix)
+    post = sim.wait_post(OPS, lambda m: m["author"].get("bot") and m.get(
+        "message_reference") and (m["content"] or m.get("embeds")), timeout=15)
+    assert expected in post["content"] + json.dumps(post.get("embeds")), post
+    assert expected in reply_text(sim, sim.slash(OPS, user, slash, options))
+
+
+def test_help_lists_only_what_the_user_may_run(discord_swarm, sim):
+    text = reply_text(sim, sim.slash(OPS, VIEWER, "help"))
+    assert "status" in text and "restart" not in text and "broadcast" not in text
+
+
+def test_429s_without_rate_limit_headers_are_retried_and_every_post_arrives(discord_swarm,
+                                                                           sim):
+    sim.configure(rate_limit_headers=False)
+    for i in range(7):
+        sim.message(OPS, VIEWER, f"!status nope{i}")
+    sim.wait_until(lambda: sum("No service named" in p["content"]
+                               for p in sim.sim.posts(OPS)) >= 7, timeout=30)
+    assert sim.records()["rate_limited"] >= 1

@@ -133,7 +133,8 @@ class SwarmBot(commands.Bot):
 
     # -- the one error path -------------------------------------------------------------------
     async def on_command_error(self, ctx: commands.Context, error: Exception) -> None:
-        error = getattr(error, "original", error)
+        while getattr(error, "original", None) is not None:  # hybrid and invoke wrappers
+            error = error.original
         if isinstance(error, commands.CommandNotFound):
             return  # someone else's bot, or a typo: say nothing
         if isinstance(error, Refused):
@@ -255,9 +256,17 @@ class SwarmCommands(commands.Cog, name="Swarm"):
         await send(ctx, Reply("\n".join(lines)), ephemeral=True)
 
     @commands.hybrid_command(description="Which role a user has, and which rule decides")
+    @app_commands.describe(user="a mention or a user id", command="a command name")
     @needs("permissions")
-    async def permissions(self, ctx: commands.Context, user: discord.Member,
+    async def permissions(self, ctx: commands.Context, user: str,
                           command: str | None = None) -> None:
+        uid = user.strip("<@!>")
+        if not uid.isdigit():
+            raise commands.BadArgument("Give the user as a mention or an id.")
+        try:  # the member (with roles) may not be cached: no members intent, no chunking
+            user = ctx.guild.get_member(int(uid)) or await ctx.guild.fetch_member(int(uid))
+        except discord.NotFound:
+            raise commands.BadArgument(f"{uid} is not a member of this server.") from None
         who = principal_of(user)
         role, rule = self.bot.policy.role_of(who)
         text = f"{user.mention} (`{who.id}`) is a **{role or 'nobody'}**: {rule}."

@@ -55,7 +55,7 @@ def test_bad_discord_config_names_the_key(tmp_path):
 
 
 class _Closed(discord.ConnectionClosed):
-    def __init__(self, code):  # noqa: D107 - the real one needs a socket
+    def __init__(self, code):
         self.code, self.reason, self.shard_id = code, "", None
 
 

@@ -171,7 +171,8 @@ class SwarmCommands(commands.Cog, name="Swarm"):
         self.bot = bot
 
     async def _run(self, ctx: commands.Context, action, *args, ephemeral: bool = False) -> None:
-        await ctx.defer(ephemeral=ephemeral)  # within Discord's 3 s; the answer follows
+        if ctx.interaction:  # within Discord's 3 s; the answer follows (a prefix command
+            await ctx.defer(ephemeral=ephemeral)  # has no deadline: no typing request)
         await send(ctx, await action(principal_of(ctx.author), *args), ephemeral=ephemeral)
 
     @commands.hybrid_command(description="The tree's state, or one service's")

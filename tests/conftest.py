@@ -46,7 +46,7 @@ class Swarm:
             "system": {"admin_port": self.port, "data_dir": str(tmp / "data")},
             "health": FAST_HEALTH,
             "agents": {"workspace_root": str(tmp / "agents")},
-            "services": {"queue": {"enabled": False},
+            "services": {"queue": {"enabled": False}, "gas": {"enabled": False},
                          "probe": {"actor": "actors.probe:Probe"}},
         }
         self.base = base

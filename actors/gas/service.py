@@ -1,0 +1,242 @@
+"""The auto gas pipeline: watches the agents' progress and sends the next agent in the relay its
+gas at 75 / 90 / 100 %, exactly once per threshold, through the queue (to its inbox file).
+
+A thin actor over :mod:`actors.gas.relay` (the rules), :mod:`actors.gas.ledger` (what was sent,
+in SQLite) and :mod:`actors.gas.agentfiles` (the status files). Every ``poll_s`` it reads the
+status files that changed; ``gas.progress`` pushes progress directly. Gas due is recorded as
+pending before it is enqueued (with a deterministic id) and marked sent once the queue has it,
+so a SIGKILL at any point neither skips nor repeats a threshold. Each gas sent is announced on
+the notification path (kind ``gas``); a stall raises an alert and nudges the agent.
+"""
+from __future__ import annotations
+
+import string
+import time
+from pathlib import Path
+
+import msgpack
+
+from actors.gas import relay
+from actors.gas.agentfiles import StatusFiles, check_agent
+from actors.gas.ledger import Ledger, gas_id
+from system import protocol
+from system.errors import ConfigError, PermanentError
+from system.service import ServiceActor, handles
+
+PLACEHOLDERS = frozenset({"agent", "next_agent", "task", "progress", "learnings"})
+PRIORITY = {"prepare": "normal", "ready": "high", "go": "urgent", "nudge": "high"}
+ENQUEUE_TIMEOUT_S = 10.0
+
+
+def check_templates(templates: dict) -> list[str]:
+    """Config errors of ``services.gas.templates``, by key path (unknown placeholders, positional
+    or attribute fields, broken braces).
+
+    >>> check_templates({"go": "GO {next_agent}", "nudge": "{agent.x} {foo}"})
+    ['services.gas.templates.nudge: {agent.x}: only plain names', \
+'services.gas.templates.nudge: unknown placeholder {foo}']
+    """
+    errors = []
+    for kind, text in sorted(templates.items()):
+        where = f"services.gas.templates.{kind}"
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        except ValueError as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        for name in fields:
+            if not name.isidentifier():
+                errors.append(f"{where}: {{{name}}}: only plain names"
+                              if name else f"{where}: {{}} needs a name")
+            elif name not in PLACEHOLDERS:
+                errors.append(f"{where}: unknown placeholder {{{name}}}")
+    return errors
+
+
+class GasService(ServiceActor):
+    tick_s = 0.5
+
+    def on_start(self) -> None:
+        cfg = self.service_config()
+        self.templates = dict(cfg.get("templates") or {})
+        if errors := check_templates(self.templates):
+            raise ConfigError(errors)
+        self.poll_s = float(cfg.get("poll_s", 1.0))
+        self.stall_after_s = float(cfg.get("stall_after_s", 600.0))
+        self.names = list(self.config.get("agents", {}).get("names", []))
+        data = Path(self.config["system"]["data_dir"])
+        data.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(str(data / "gas.db"))
+        self.states = self.ledger.load()
+        self.files = StatusFiles(self.config["agents"]["workspace_root"])
+        self.problems: dict[str, str] = {}
+        self.next_poll = 0.0
+        self.in_flight: set[str] = set()
+        self.outbox: dict[str, dict] = {r["msg_id"]: r for r in self.ledger.pending()}
+        if self.outbox:
+            self.log("info", "resend", f"{len(self.outbox)} gas recorded but not confirmed by "
+                     "the queue: sending again (the queue drops duplicates)")
+
+    def on_stop(self) -> None:
+        self.ledger.close()
+
+    # -- observing ------------------------------------------------------------------------
+    def on_tick(self) -> None:
+        now = time.time()
+        if now >= self.next_poll:
+            self.next_poll = now + self.poll_s
+            for agent in self.files.agents(self.names):
+                reading = self.files.changed(agent)
+                if reading is None:
+                    continue
+                if reading.problem:
+                    self.problems[agent] = reading.problem
+                    self.log("warning", "status_file", f"{agent}: {reading.problem}; keeping "
+                             "the last good state", agent=agent)
+                    continue
+                self.problems.pop(agent, None)
+                self.apply(agent, reading.task, reading.progress, now)
+            self._check_stalls(now)
+        self._flush()
+
+    def apply(self, agent: str, task: str | None, progress: float | None, now: float) -> None:
+        before = self.states.get(agent) or relay.AgentState(agent)
+        state, due = relay.observe(before, task, progress, now)
+        nxt = relay.next_agent(self.names, agent)
+        if state == before:
+            return
+        rows = self.ledger.save(state, [(kind, nxt, now) for kind in due] if nxt else [])
+        self.states[agent] = state
+        for row in rows:
+            self.outbox[row["msg_id"]] = row
+
+    def _check_stalls(self, now: float) -> None:
+        for agent, state in list(self.states.items()):
+            state, became = relay.check_stall(state, now, self.stall_after_s)
+            if became:
+                self.states[agent] = state
+                self.ledger.save(state, [])
+                self.alert("warning", f"{agent} stalled", f"no progress on {state.task} for "
+                           f"{self.stall_after_s:g}s (at {state.progress:g}%)",
+                           key=f"gas:stall:{agent}")
+                self._nudge(state)
+
+    def _nudge(self, state: relay.AgentState) -> None:
+        kind = f"nudge-{int(state.changed_at)}"
+        self.outbox[gas_id(state.agent, state.cycle, state.task, kind)] = {
+            "agent": state.agent, "cycle": state.cycle, "kind": "nudge", "task": state.task,
+            "next_agent": state.agent, "progress": state.progress,
+            "msg_id": gas_id(state.agent, state.cycle, state.task, kind), "ledger": False}
+
+    # -- sending ------------------------------------------------------------------------------
+    def _text(self, row: dict) -> str:
+        values = {"agent": row["agent"], "next_agent": row["next_agent"],
+                  "task": row["task"] or "(no task)", "progress": f"{row['progress']:g}",
+                  "learnings": "(the swarm brain has no learnings yet)"}
+        return self.templates[row["kind"]].format(**values)
+
+    def _flush(self) -> None:
+        rows = [r for m, r in self.outbox.items() if m not in self.in_flight]
+        if not rows or self.in_flight:
+            return
+        items = [{"recipient": r["next_agent"], "id": r["msg_id"], "sender": "gas",
+                  "type": "gas", "priority": PRIORITY[r["kind"]],
+                  "payload": msgpack.packb({"text": self._text(r)}),
+                  "headers": {"Gas": r["kind"], "From-Agent": r["agent"],
+                              "Task": str(r["task"])[:200]}} for r in rows]
+        self.in_flight = {r["msg_id"] for r in rows}
+
+        def enqueued(reply) -> None:
+            self.in_flight = set()
+            if reply is None or reply.t == "error":
+                self.log("warning", "enqueue_failed", "the queue did not take the gas; "
+                         "retrying", detail=reply.b.get("detail") if reply else "timeout")
+                return
+            rejected = {rows[i]["msg_id"]: why for i, why in reply.b["rejected"]}
+            done = [r for r in rows if r["msg_id"] not in rejected]
+            self.ledger.mark_sent([r["msg_id"] for r in done if r.get("ledger", True)])
+            for msg_id, why in rejected.items():
+                self.log("error", "gas_rejected", f"the queue rejected gas {msg_id}: {why}")
+            for r in rows:
+                self.outbox.pop(r["msg_id"], None)
+            for r in done:
+                if r["kind"] != "nudge":
+                    self.notify("gas", f"{r['kind']} → {r['next_agent']}: {r['agent']} at "
+                                f"{r['progress']:g}% on {r['task']}", key=r["msg_id"],
+                                agent=r["agent"], next_agent=r["next_agent"], gas=r["kind"])
+
+        def found(reply) -> None:
+            addr = reply.b.get("addr") if reply is not None and reply.t != "error" else None
+            if not addr or reply.b.get("state") != "running":
+                self.in_flight = set()
+                return
+            self.request(protocol.address_from_wire(addr), protocol.QUEUE_ENQUEUE,
+                         {"items": items}, enqueued, ENQUEUE_TIMEOUT_S)
+
+        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
+                     {"name": "queue"}, found, 3.0)
+
+    # -- commands -----------------------------------------------------------------------------
+    def _agent(self, name) -> str:
+        if problem := check_agent(name):
+            raise PermanentError(problem)
+        return name
+
+    @handles(protocol.GAS_PROGRESS)
+    def _progress(self, env, sender) -> None:
+        agent = self._agent(env.b["agent"])
+        progress = env.b.get("progress")
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) \
+                or not 0 <= progress <= 100:
+            raise PermanentError("progress must be a number from 0 to 100")
+        task = env.b.get("task") or (self.states.get(agent) or relay.AgentState(agent)).task
+        if not task:
+            raise PermanentError(f"{agent} has no current task: give one (--task)")
+        self.apply(agent, str(task)[:500], float(progress), time.time())
+        self._flush()
+        self.reply(sender, env, protocol.OK, self._view(agent))
+
+    @handles(protocol.GAS_UNSTALL)
+    def _unstall(self, env, sender) -> None:
+        agent = self._agent(env.b["agent"])
+        state = self.states.get(agent)
+        if state is None or not state.task:
+            raise PermanentError(f"{agent} has no task the pipeline knows of")
+        state = self.states[agent] = relay.unstall(state, time.time())
+        self.ledger.save(state, [])
+        self._nudge(state)
+        self._flush()
+        self.reply(sender, env, protocol.OK, self._view(agent))
+
+    @handles(protocol.GAS_STATUS)
+    def _status(self, env, sender) -> None:
+        agents = self.files.agents(self.names)
+        agents += [a for a in self.states if a not in agents]
+        self.reply(sender, env, protocol.OK, {"agents": [self._view(a) for a in agents],
+                                              "relay": self.names})
+
+    @handles(protocol.GAS_HISTORY)
+    def _history(self, env, sender) -> None:
+        limit = env.b.get("limit", 50)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise PermanentError("limit must be an integer from 1 to 10000")
+        self.reply(sender, env, protocol.OK, {"gas": self.ledger.history(
+            env.b.get("agent"), limit)})
+
+    def _view(self, agent: str) -> dict:
+        state = self.states.get(agent) or relay.AgentState(agent)
+        return {"agent": agent, "stage": relay.stage(state), "progress": state.progress,
+                "task": state.task, "updated": state.changed_at, "cycle": state.cycle,
+                "next": relay.next_agent(self.names, agent), "problem": self.problems.get(agent),
+                "sent": self.ledger.sent_in_cycle(agent, state.cycle) if state.cycle else {}}
+
+    def health(self) -> tuple[str, str]:
+        stalled = sorted(a for a, s in self.states.items() if s.stalled)
+        waiting = len(self.outbox)
+        detail = f"{len(self.states)} agents seen; {waiting} gas waiting for the queue" \
+            if waiting else f"{len(self.states)} agents seen"
+        if stalled:
+            detail += f"; stalled: {', '.join(stalled)}"
+        if self.problems:
+            detail += f"; unreadable status: {', '.join(sorted(self.problems))}"
+        return "ok", detail

@@ -1,0 +1,133 @@
+"""The gas pipeline in a real swarm: status files -> gas in the next agent's inbox, exactly once
+per threshold, across restarts; pushed progress; stalls; bad files tolerated."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from actors.gas import relay
+from actors.gas.agentfiles import parse_status
+
+NAMES = ["Agent-1", "Agent-2", "Agent-3"]
+
+
+@pytest.fixture
+def gas_swarm(make_swarm):
+    swarm = make_swarm({"services": {"queue": {"enabled": True},
+                                     "gas": {"enabled": True, "poll_s": 0.2,
+                                             "stall_after_s": 2.0}},
+                        "agents": {"names": NAMES}})
+    swarm.start()
+    return swarm
+
+
+def write_status(swarm, agent: str, text: str) -> None:
+    d = swarm.dir / "agents" / agent
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "status.json").write_text(text)
+
+
+def inbox(swarm, agent: str) -> list[str]:
+    d = swarm.dir / "agents" / agent / "inbox"
+    return sorted(p.read_text() for p in d.glob("*.md")) if d.exists() else []
+
+
+def wait_inbox(swarm, agent: str, n: int, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = inbox(swarm, agent)
+        if len(files) >= n:
+            return files
+        time.sleep(0.05)
+    raise AssertionError(f"{agent} has {len(inbox(swarm, agent))} inbox files, wanted {n}")
+
+
+def test_thresholds_fuel_the_next_agent_once_each_and_never_again_after_a_restart(gas_swarm):
+    write_status(gas_swarm, "Agent-1", json.dumps({"current_task": "T1", "progress": 76}))
+    files = wait_inbox(gas_swarm, "Agent-2", 1)
+    assert "PREPARE" in files[0] and "T1" in files[0]
+    write_status(gas_swarm, "Agent-1", json.dumps({"current_task": "T1", "progress": 80}))
+    write_status(gas_swarm, "Agent-1", '{"current_task": "T1", "progr')  # half-written
+    write_status(gas_swarm, "Agent-1", json.dumps({"current_task": "T1", "progress": "90%"}))
+    assert "GET READY" in "".join(wait_inbox(gas_swarm, "Agent-2", 2))
+    gas_swarm.cli("gas", "progress", "Agent-1", "100", "--task", "T1")
+    assert "GO" in "".join(wait_inbox(gas_swarm, "Agent-2", 3))
+    time.sleep(1.0)
+    assert len(inbox(gas_swarm, "Agent-2")) == 3
+    gas_swarm.cli("stop")
+    gas_swarm.start()
+    write_status(gas_swarm, "Agent-1", json.dumps({"current_task": "T1", "progress": 100}))
+    time.sleep(1.5)
+    assert len(inbox(gas_swarm, "Agent-2")) == 3, "a restart sent gas again"
+    status = json.loads(gas_swarm.cli("gas", "status", "--json").stdout)
+    one = next(a for a in status["agents"] if a["agent"] == "Agent-1")
+    assert one["stage"] == "COMPLETE" and set(one["sent"]) == {"prepare", "ready", "go"}
+    history = json.loads(gas_swarm.cli("gas", "history", "Agent-1", "--json").stdout)["gas"]
+    assert [g["kind"] for g in history] == ["go", "ready", "prepare"]
+    assert all(g["state"] == "sent" for g in history)
+
+
+def test_a_jump_to_100_sends_every_threshold_in_order_and_the_last_agent_fuels_the_first(
+        gas_swarm):
+    write_status(gas_swarm, "Agent-3", json.dumps({"current_task": "T9", "progress": 100}))
+    files = wait_inbox(gas_swarm, "Agent-1", 3)
+    assert sum("PREPARE" in f for f in files) == 1 and sum("GO:" in f for f in files) == 1
+
+
+def test_a_stalled_agent_is_nudged_alerted_and_can_be_unstalled(gas_swarm):
+    write_status(gas_swarm, "Agent-2", json.dumps({"current_task": "T2", "progress": 10}))
+    wait_inbox(gas_swarm, "Agent-2", 1, timeout=10)
+    status = json.loads(gas_swarm.cli("gas", "status", "--json").stdout)
+    assert next(a for a in status["agents"] if a["agent"] == "Agent-2")["stage"] == "STALLED"
+    gas_swarm.cli("gas", "unstall", "Agent-2")
+    assert "NUDGE" in "".join(wait_inbox(gas_swarm, "Agent-2", 2))
+
+
+def test_bad_input_is_a_clear_error(gas_swarm):
+    proc = gas_swarm.cli("gas", "progress", "../etc", "50", "--task", "x", check=False)
+    assert proc.returncode == 1 and "invalid agent name" in proc.stderr
+    proc = gas_swarm.cli("gas", "progress", "Agent-1", "150", "--task", "x", check=False)
+    assert proc.returncode == 1 and "0 to 100" in proc.stderr
+
+
+def test_unknown_template_placeholders_park_the_service_naming_the_key(make_swarm):
+    swarm = make_swarm({"services": {"gas": {"enabled": True, "templates": {
+        "go": "GO {nxt}"}}}})
+    swarm.cli("start", "-d", "--wait", "5", check=False)
+    view = swarm.service("gas")
+    assert view["state"] == "failed" and "services.gas.templates.go" in view["detail"]
+
+
+@pytest.mark.parametrize("data, task, progress", [
+    (b'{"current_task": "T", "progress": "76%"}', "T", 76.0),
+    (b'{"current_tasks": ["A", "B"]}', "A", None),
+    (b'{"current_task": "T", "progress": 150}', None, None),
+    (b'{"current_task": "T", "progress": "abc"}', None, None),
+    (b"[1, 2]", None, None), (b"\xff\xfe", None, None),
+])
+def test_status_files_are_read_tolerantly(data, task, progress):
+    reading = parse_status(data)
+    assert (reading.task, reading.progress) == (task, progress)
+
+
+def test_relay_rules():
+    s, due = relay.observe(relay.AgentState("A"), "T1", 95.0, 0.0)
+    assert due == ["prepare", "ready"]
+    s, due = relay.observe(s, "T1", 50.0, 1.0)
+    assert due == [] and relay.stage(s) == "ACTIVE"
+    s, due = relay.observe(s, "T1", 96.0, 2.0)
+    assert due == []
+    s, due = relay.observe(s, "T2", 80.0, 3.0)
+    assert due == ["prepare"] and s.cycle == 2
+    s, became = relay.check_stall(s, 1000.0, 600.0)
+    assert became and relay.stage(s) == "STALLED"
+    assert relay.check_stall(s, 2000.0, 600.0) == (s, False)
+
+
+@pytest.mark.parametrize("module", ["relay", "agentfiles", "ledger", "service"])
+def test_doctests(module):
+    import doctest
+    import importlib
+    assert doctest.testmod(importlib.import_module(f"actors.gas.{module}")).failed == 0

@@ -288,3 +288,21 @@ def test_429s_without_rate_limit_headers_are_retried_and_every_post_arrives(disc
     sim.wait_until(lambda: sum("No service named" in p["content"]
                                for p in sim.sim.posts(OPS)) >= 7, timeout=30)
     assert sim.records()["rate_limited"] >= 1
+
+
+def test_gas_milestones_reach_the_status_channel_and_gas_commands_work(make_swarm, sim,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TEST_DISCORD_TOKEN", TOKEN)
+    swarm = make_swarm({"services": {"queue": {"enabled": True}, "discord": discord_block(sim),
+                                     "gas": {"enabled": True, "poll_s": 0.2}},
+                        "agents": {"names": ["Agent-1", "Agent-2"]},
+                        "alerts": {"sinks": ["discord"]}})
+    swarm.start()
+    sim.wait_ready(timeout=15)
+    swarm.cli("gas", "progress", "Agent-1", "91", "--task", "build")
+    post = sim.wait_post(STATUS_CH, lambda m: "ready → Agent-2" in m["content"], timeout=15)
+    assert "prepare → Agent-2" in post["content"] or any(
+        "prepare → Agent-2" in p["content"] for p in sim.posts(STATUS_CH))
+    assert "HANDOFF 91%" in reply_text(sim, sim.slash(OPS, VIEWER, "gas"))
+    assert "Nudged Agent-1" in reply_text(sim, sim.slash(OPS, OPERATOR, "unstall",
+                                                         {"agent": "Agent-1"}))

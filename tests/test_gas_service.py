@@ -131,3 +131,34 @@ def test_doctests(module):
     import doctest
     import importlib
     assert doctest.testmod(importlib.import_module(f"actors.gas.{module}")).failed == 0
+
+
+def test_sigkills_of_the_gas_actor_at_any_point_neither_skip_nor_repeat_a_threshold(gas_swarm):
+    import os
+    import random
+    import signal
+    rng = random.Random(7)
+    tasks = [f"T{i}" for i in range(6)]
+    for task in tasks:
+        write_status(gas_swarm, "Agent-1", json.dumps({"current_task": task, "progress": 100}))
+        seen = rng.random() < 0.5  # kill right after the write, or once the task was seen
+        deadline = time.monotonic() + 10
+        while seen and time.monotonic() < deadline and task not in gas_swarm.cli(
+                "gas", "status", "--json", check=False).stdout:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.05))
+        pid = gas_swarm.service("gas")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        gas_swarm.wait_for(lambda s, pid=pid: s["services"]["gas"]["pid"] not in (None, pid)
+                           and s["services"]["gas"]["state"] == "running", what="gas back")
+    # a task overwritten before any gas actor read the file was never seen: no gas for it
+    history = json.loads(gas_swarm.cli("gas", "history", "Agent-1", "--json").stdout)["gas"]
+    seen_tasks = {g["task"] for g in history}
+    assert tasks[-1] in seen_tasks and len(seen_tasks) >= 3, seen_tasks
+    files = wait_inbox(gas_swarm, "Agent-2", 3 * len(seen_tasks), timeout=20)
+    time.sleep(1.0)
+    files = inbox(gas_swarm, "Agent-2")
+    assert len(files) == 3 * len(seen_tasks)
+    for task in seen_tasks:
+        for kind in ("prepare", "ready", "go"):
+            assert sum(f"Gas: {kind}\n" in f and f"Task: {task}\n" in f for f in files) == 1

@@ -162,3 +162,25 @@ def test_sigkills_of_the_gas_actor_at_any_point_neither_skip_nor_repeat_a_thresh
     for task in seen_tasks:
         for kind in ("prepare", "ready", "go"):
             assert sum(f"Gas: {kind}\n" in f and f"Task: {task}\n" in f for f in files) == 1
+
+
+def test_the_brain_adds_searches_survives_a_restart_and_fuels_the_ready_gas(gas_swarm):
+    out = gas_swarm.cli("brain", "add", "--title", "Flaky build", "--tags", "ci,cache",
+                        "The build fails when the cache is cold; warm it first.").stdout
+    assert out.startswith("added #1")
+    gas_swarm.cli("stop")
+    gas_swarm.start()
+    found = json.loads(gas_swarm.cli("brain", "search", "cold cach", "--json").stdout)
+    assert [r["title"] for r in found["results"]] == ["Flaky build"]
+    assert "**cold**" in found["results"][0]["snippet"]
+    for weird in ('"', "NEAR(", "AND OR", "*"):
+        proc = gas_swarm.cli("brain", "search", weird, check=False)
+        assert "Traceback" not in proc.stderr
+    proc = gas_swarm.cli("brain", "search", "***", check=False)
+    assert proc.returncode == 1 and "at least one word" in proc.stderr
+    shown = json.loads(gas_swarm.cli("brain", "show", "1", "--json").stdout)
+    assert shown["tags"] == ["cache", "ci"] and shown["author"].startswith("cli:")
+    assert "no brain entry" in gas_swarm.cli("brain", "show", "9", check=False).stderr
+    write_status(gas_swarm, "Agent-1", json.dumps({"current_task": "T1", "progress": 92}))
+    ready = [f for f in wait_inbox(gas_swarm, "Agent-2", 2) if "GET READY" in f]
+    assert ready and "Flaky build" in ready[0]

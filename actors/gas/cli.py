@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from actors.gas.brain import CATEGORIES
 from system import protocol
 from system.admin import AdminClient
 from system.cli import config_of, emit, int_in
@@ -29,6 +30,32 @@ def register(add, common) -> None:
     p = action("history", "gas sent, newest first", cmd_history)
     p.add_argument("agent", nargs="?", metavar="AGENT")
     p.add_argument("--limit", type=int_in(1, 10_000), default=50, metavar="N")
+
+
+    b = add("brain", None, "the swarm brain: add, search, show, list")
+    bsub = b.add_subparsers(dest="brain_command", required=True, metavar="ACTION")
+
+    def brain_action(name, text, func):
+        p = bsub.add_parser(name, parents=[common], help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    p = brain_action("add", "add an entry", cmd_brain_add)
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--title", required=True)
+    p.add_argument("--category", default="learning", choices=CATEGORIES)
+    p.add_argument("--tags", default="", metavar="A,B", help="comma-separated tags")
+    p.add_argument("--author", default=None, help="default: the CLI user")
+    p = brain_action("search", "ranked full-text search", cmd_brain_search)
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("--category", default=None, choices=CATEGORIES)
+    p.add_argument("--limit", type=int_in(1, 100), default=10, metavar="N")
+    p = brain_action("show", "one entry", cmd_brain_show)
+    p.add_argument("id", type=int_in(1, 2**62), metavar="ID")
+    p = brain_action("list", "entries, newest first", cmd_brain_list)
+    p.add_argument("--category", default=None, choices=CATEGORIES)
+    p.add_argument("--limit", type=int_in(1, 1000), default=20, metavar="N")
+    p.add_argument("--offset", type=int_in(0, 2**62), default=0, metavar="N")
 
 
 def _call(args, op: str, body: dict | None = None) -> dict:
@@ -84,4 +111,47 @@ def cmd_history(args) -> int:
         if not r["gas"]:
             print("no gas sent yet")
     emit(args, reply, show)
+    return 0
+
+
+def cmd_brain_add(args) -> int:
+    client = AdminClient(config_of(args).data)
+    reply = client.call(protocol.ADMIN_GAS, {
+        "op": "brain_add", "title": args.title, "content": args.text, "category": args.category,
+        "tags": [t for t in args.tags.split(",") if t.strip()],
+        "author": args.author or client.principal})
+    emit(args, reply, lambda r: print(f"added #{r['id']}"))
+    return 0
+
+
+def _print_entries(entries: list[dict], key: str = "snippet") -> None:
+    for e in entries:
+        tags = f" [{', '.join(e['tags'])}]" if e["tags"] else ""
+        print(f"#{e['id']:<6} {e['category']:<9} {e['title']}{tags}")
+        if e.get(key):
+            print(f"        {e[key][:200]}")
+    if not entries:
+        print("nothing found")
+
+
+def cmd_brain_search(args) -> int:
+    reply = _call(args, "brain_search", {"query": args.query, "limit": args.limit,
+                                         **({"category": args.category} if args.category
+                                            else {})})
+    emit(args, reply, lambda r: _print_entries(r["results"]))
+    return 0
+
+
+def cmd_brain_show(args) -> int:
+    reply = _call(args, "brain_show", {"id": args.id})
+    emit(args, reply, lambda e: print(f"#{e['id']} {e['title']} ({e['category']}, by "
+                                      f"{e['author']}, {_when(e['created_at'])})\n\n"
+                                      f"{e['content']}"))
+    return 0
+
+
+def cmd_brain_list(args) -> int:
+    reply = _call(args, "brain_list", {"limit": args.limit, "offset": args.offset,
+                                       **({"category": args.category} if args.category else {})})
+    emit(args, reply, lambda r: _print_entries(r["entries"], key=""))
     return 0

@@ -18,6 +18,7 @@ import msgpack
 
 from actors.gas import relay
 from actors.gas.agentfiles import StatusFiles, check_agent
+from actors.gas.brain import Brain
 from actors.gas.ledger import Ledger, gas_id
 from system import protocol
 from system.errors import ConfigError, PermanentError
@@ -67,6 +68,7 @@ class GasService(ServiceActor):
         data = Path(self.config["system"]["data_dir"])
         data.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(str(data / "gas.db"))
+        self.brain = Brain(str(data / "brain.db"))
         self.states = self.ledger.load()
         self.files = StatusFiles(self.config["agents"]["workspace_root"])
         self.problems: dict[str, str] = {}
@@ -79,6 +81,7 @@ class GasService(ServiceActor):
 
     def on_stop(self) -> None:
         self.ledger.close()
+        self.brain.close()
 
     # -- observing ------------------------------------------------------------------------
     def on_tick(self) -> None:
@@ -132,7 +135,9 @@ class GasService(ServiceActor):
     def _text(self, row: dict) -> str:
         values = {"agent": row["agent"], "next_agent": row["next_agent"],
                   "task": row["task"] or "(no task)", "progress": f"{row['progress']:g}",
-                  "learnings": "(the swarm brain has no learnings yet)"}
+                  "learnings": "\n".join(f"- {e['title']}: {e['content'][:300]}"
+                                          for e in self.brain.latest("learning", 3))
+                  or "(the swarm brain has no learnings yet)"}
         return self.templates[row["kind"]].format(**values)
 
     def _flush(self) -> None:
@@ -217,11 +222,41 @@ class GasService(ServiceActor):
 
     @handles(protocol.GAS_HISTORY)
     def _history(self, env, sender) -> None:
-        limit = env.b.get("limit", 50)
-        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise PermanentError("limit must be an integer from 1 to 10000")
         self.reply(sender, env, protocol.OK, {"gas": self.ledger.history(
-            env.b.get("agent"), limit)})
+            env.b.get("agent"), _limit(env.b.get("limit", 50)))})
+
+    # -- the swarm brain ------------------------------------------------------------------------
+    @handles(protocol.BRAIN_ADD)
+    def _brain_add(self, env, sender) -> None:
+        b = env.b
+        tags = b.get("tags") or []
+        if isinstance(tags, str):
+            tags = tags.split(",")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise PermanentError("tags must be a list of strings")
+        entry_id = self.brain.add(b["title"], b["content"], category=b.get("category")
+                                  or "learning", tags=tags, author=b.get("author") or "unknown")
+        self.reply(sender, env, protocol.OK, {"id": entry_id})
+
+    @handles(protocol.BRAIN_SEARCH)
+    def _brain_search(self, env, sender) -> None:
+        self.reply(sender, env, protocol.OK, {"results": self.brain.search(
+            env.b["query"], env.b.get("category"), _limit(env.b.get("limit", 10)))})
+
+    @handles(protocol.BRAIN_SHOW)
+    def _brain_show(self, env, sender) -> None:
+        entry = self.brain.get(env.b["id"])
+        if entry is None:
+            raise PermanentError(f"no brain entry #{env.b['id']}")
+        self.reply(sender, env, protocol.OK, entry)
+
+    @handles(protocol.BRAIN_LIST)
+    def _brain_list(self, env, sender) -> None:
+        offset = env.b.get("offset", 0)
+        if not isinstance(offset, int) or not 0 <= offset <= 2**62:
+            raise PermanentError("offset must be a non-negative integer")
+        self.reply(sender, env, protocol.OK, {"entries": self.brain.list(
+            env.b.get("category"), _limit(env.b.get("limit", 20)), offset)})
 
     def _view(self, agent: str) -> dict:
         state = self.states.get(agent) or relay.AgentState(agent)
@@ -240,3 +275,9 @@ class GasService(ServiceActor):
         if self.problems:
             detail += f"; unreadable status: {', '.join(sorted(self.problems))}"
         return "ok", detail
+
+
+def _limit(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise PermanentError("limit must be an integer from 1 to 10000")
+    return value

@@ -116,11 +116,17 @@ def test_a_viewer_is_refused_on_every_path_and_nothing_happens(discord_swarm, si
     assert discord_swarm.service("queue")["pid"] == before
     inbox = discord_swarm.dir / "agents" / "Agent-1" / "inbox"
     assert not inbox.exists() or not list(inbox.iterdir())
-    refusals = [json.loads(line) for line in
+    paths = {"prefix", "plain text", "slash", "button", "select", "modal"}
+
+    def refusals() -> list[dict]:  # the logger process writes them a moment later
+        return [json.loads(line) for line in
                 (discord_swarm.dir / "data" / "logs" / "swarm.log").read_text().splitlines()
                 if '"event": "refused"' in line]
-    assert {r["via"] for r in refusals} >= {"prefix", "plain text", "slash", "button",
-                                            "select", "modal"}
+    deadline = time.monotonic() + 10
+    while {r["via"] for r in refusals()} < paths and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refusals = refusals()
+    assert {r["via"] for r in refusals} >= paths
     assert {r["user_id"] for r in refusals} == {str(VIEWER), "704"}
 
 
@@ -156,9 +162,12 @@ def test_an_admin_restarts_the_queue_from_the_panel_and_the_log_says_who(discord
     assert "queue" in post["content"]
 
 
-def wait_state(swarm, state: str, timeout: float = 20.0) -> dict:
-    return swarm.wait_for(lambda s: s["services"]["discord"]["state"] == state, timeout,
-                          f"discord {state}")["services"]["discord"]
+def wait_state(swarm, state: str, timeout: float = 30.0) -> dict:
+    try:
+        return swarm.wait_for(lambda s: s["services"]["discord"]["state"] == state, timeout,
+                              f"discord {state}")["services"]["discord"]
+    except AssertionError:  # say what discord was doing instead (the status is cut short)
+        raise AssertionError(f"discord not {state}: {swarm.service('discord')}") from None
 
 
 def test_a_revoked_token_4004_parks_discord_as_failed_without_a_restart_loop(discord_swarm, sim):

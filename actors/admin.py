@@ -19,9 +19,9 @@ from system import protocol
 from system.service import ServiceActor, handles
 
 REQUEST_TIMEOUT_S = 10.0
-_QUEUE_OPS = {"stats": protocol.QUEUE_STATS, "dlq": protocol.QUEUE_DLQ,
-              "requeue": protocol.QUEUE_REQUEUE, "purge": protocol.QUEUE_PURGE}
-# admin.gas ops -> (message to the gas service, whether it changes something: audited)
+# admin.queue / admin.gas ops -> (message to the service, whether it changes something: audited)
+_QUEUE_OPS = {"stats": (protocol.QUEUE_STATS, False), "dlq": (protocol.QUEUE_DLQ, False),
+              "requeue": (protocol.QUEUE_REQUEUE, True), "purge": (protocol.QUEUE_PURGE, True)}
 _GAS_OPS = {"status": (protocol.GAS_STATUS, False), "history": (protocol.GAS_HISTORY, False),
             "progress": (protocol.GAS_PROGRESS, True), "unstall": (protocol.GAS_UNSTALL, True),
             "brain_add": (protocol.BRAIN_ADD, True), "brain_search": (protocol.BRAIN_SEARCH, False),
@@ -150,28 +150,24 @@ class Admin(ServiceActor):
 
     @handles(protocol.ADMIN_QUEUE)
     def _queue_op(self, env, sender) -> None:
-        op = env.b["op"]
-        if op not in _QUEUE_OPS:
-            self.reply_error(sender, env, "bad_request", f"unknown queue command {op!r}; "
-                             f"expected one of {', '.join(_QUEUE_OPS)}")
-            return
-        body = {k: v for k, v in env.b.items() if k not in ("op", "principal")}
-        changes = op in ("requeue", "purge")
-        self._to_service("queue", sender, env, _QUEUE_OPS[op], body, f"queue {op}", audit=(
-            f"queue {op} " + " ".join(f"{k}={v}" for k, v in body.items()))[:300]
-            if changes else None)
+        self._service_op("queue", _QUEUE_OPS, env, sender)
 
     @handles(protocol.ADMIN_GAS)
     def _gas_op(self, env, sender) -> None:
+        self._service_op("gas", _GAS_OPS, env, sender)
+
+    def _service_op(self, service: str, ops: dict, env, sender) -> None:
+        """``op`` and its fields -> that service's message; ops that change something are
+        audited."""
         op = env.b["op"]
-        if op not in _GAS_OPS:
-            self.reply_error(sender, env, "bad_request", f"unknown gas command {op!r}; "
-                             f"expected one of {', '.join(_GAS_OPS)}")
+        if op not in ops:
+            self.reply_error(sender, env, "bad_request", f"unknown {service} command {op!r}; "
+                             f"expected one of {', '.join(ops)}")
             return
-        mtype, changes = _GAS_OPS[op]
+        mtype, changes = ops[op]
         body = {k: v for k, v in env.b.items() if k not in ("op", "principal")}
-        self._to_service("gas", sender, env, mtype, body, f"gas {op}", audit=(
-            f"gas {op} " + " ".join(f"{k}={str(v)[:60]}" for k, v in body.items()))[:300]
+        self._to_service(service, sender, env, mtype, body, f"{service} {op}", audit=(
+            f"{service} {op} " + " ".join(f"{k}={str(v)[:60]}" for k, v in body.items()))[:300]
             if changes else None)
 
     @handles(protocol.ADMIN_AGENTS)

@@ -11,14 +11,8 @@ from system.cli import config_of, emit, int_in
 
 
 def register(add, common) -> None:
-    g = add("gas", None, "the auto gas pipeline: status, progress, unstall, history")
-    sub = g.add_subparsers(dest="gas_command", required=True, metavar="ACTION")
-
-    def action(name, text, func):
-        p = sub.add_parser(name, parents=[common], help=text, description=text)
-        p.set_defaults(func=func)
-        return p
-
+    action = _group(add, common, "gas", "the auto gas pipeline: status, progress, unstall, "
+                    "history")
     action("status", "every agent: progress, stage, task, next agent, gas sent", cmd_status)
     p = action("progress", "report an agent's progress (as its status.json would)", cmd_progress)
     p.add_argument("agent", metavar="AGENT")
@@ -32,14 +26,7 @@ def register(add, common) -> None:
     p.add_argument("--limit", type=int_in(1, 10_000), default=50, metavar="N")
 
 
-    b = add("brain", None, "the swarm brain: add, search, show, list")
-    bsub = b.add_subparsers(dest="brain_command", required=True, metavar="ACTION")
-
-    def brain_action(name, text, func):
-        p = bsub.add_parser(name, parents=[common], help=text, description=text)
-        p.set_defaults(func=func)
-        return p
-
+    brain_action = _group(add, common, "brain", "the swarm brain: add, search, show, list")
     p = brain_action("add", "add an entry", cmd_brain_add)
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--title", required=True)
@@ -56,6 +43,18 @@ def register(add, common) -> None:
     p.add_argument("--category", default=None, choices=CATEGORIES)
     p.add_argument("--limit", type=int_in(1, 1000), default=20, metavar="N")
     p.add_argument("--offset", type=int_in(0, 2**62), default=0, metavar="N")
+
+
+def _group(add, common, name: str, text: str):
+    """A command with actions: returns ``action(name, help, func) -> parser``."""
+    sub = add(name, None, text).add_subparsers(dest=f"{name}_command", required=True,
+                                               metavar="ACTION")
+
+    def action(action_name: str, help_text: str, func):
+        p = sub.add_parser(action_name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+    return action
 
 
 def _call(args, op: str, body: dict | None = None) -> dict:

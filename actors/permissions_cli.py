@@ -5,13 +5,23 @@ the config file alone (no swarm needs to run), with the rule that decides.
 """
 from __future__ import annotations
 
-from importlib import import_module
-
 from system.cli import config_of, emit
 from system.permissions import Policy, Principal
 
-# platform -> (config block of its permissions, its command table "module:NAME")
-SURFACES = {"discord": ("services.discord.permissions", "actors.discord.actions:COMMANDS")}
+
+def _discord(config) -> Policy:
+    from actors.discord.actions import COMMANDS
+    return Policy.from_config(config.get("services.discord.permissions") or {}, COMMANDS)
+
+
+def _twitch(config):
+    from actors.twitch.levels import ChatPolicy
+    return ChatPolicy.from_config(config.get("services.twitch.commands") or {},
+                                  config.get("services.twitch.permissions") or {})
+
+
+# platform -> its policy from the config (role_of, check, commands: the Policy interface)
+SURFACES = {"discord": _discord, "twitch": _twitch}
 
 
 def register(add, common) -> None:
@@ -23,19 +33,19 @@ def register(add, common) -> None:
     e.set_defaults(func=cmd_explain)
     e.add_argument("command", nargs="?", metavar="COMMAND", help="only this command")
     e.add_argument("--platform", choices=sorted(SURFACES), default="discord")
-    e.add_argument("--user", required=True, metavar="ID", help="the platform's user id")
+    e.add_argument("--user", required=True, metavar="ID", help="the platform's user id "
+                   "(twitch: the id or the login)")
     e.add_argument("--role", action="append", default=[], metavar="ROLE",
-                   help="a role id the user has (repeatable)")
+                   help="a role id the user has (twitch: a badge such as moderator, vip, "
+                   "subscriber) (repeatable)")
 
 
 def explain(config, platform: str, user: str, roles: list[str], command: str | None) -> dict:
-    key, table = SURFACES[platform]
-    module, _, name = table.partition(":")
-    commands = getattr(import_module(module), name)
-    policy = Policy.from_config(config.get(key) or {}, commands)
-    who = Principal(platform, user, roles=tuple(roles))
+    policy = SURFACES[platform](config)
+    aliases = (user.lower(),) if platform == "twitch" else ()  # a login, or an id
+    who = Principal(platform, user, roles=tuple(roles), aliases=aliases)
     role, rule = policy.role_of(who)
-    decisions = {c: policy.check(who, c) for c in ([command] if command else commands)}
+    decisions = {c: policy.check(who, c) for c in ([command] if command else policy.commands)}
     return {"principal": who.label, "role": role, "rule": rule,
             "commands": {c: {"allowed": d.allowed, "needs": d.needed, "rule": d.rule}
                          for c, d in decisions.items()}}

@@ -413,7 +413,7 @@ def test_services_fill_generic_defaults_for_user_services(tmp_path):
                      "depends_on": [], "max_rss_mb": None, "shutdown_timeout_s": None,
                      "log_level": None, "options": {}}
     assert cfg.sources["services.gizmo.restart"] == "defaults"
-    assert set(cfg.services()) == {"queue", "gas", "discord", "gizmo"}
+    assert set(cfg.services()) == {"queue", "gas", "discord", "twitch", "gizmo"}
 
 
 # --- diff, wire, fingerprint ---------------------------------------------------------------

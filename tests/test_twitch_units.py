@@ -223,3 +223,13 @@ def test_quote_book_reads_extra_quotes_and_survives_a_failing_source(tmp_path):
     assert {book.next().text, book.next().text} == {"one", "a learning"}
     assert book.next() is not None and book.extra_error == "OSError: brain is down"
     book.close()
+
+
+def test_limiter_counts_a_slow_send_from_when_it_reached_the_platform():
+    out = OutputLimiter(limit=2, window_s=10.0, margin_s=0)
+    for n in range(3):
+        out.offer("c", f"line {n}", Priority.ANSWER, 0.0)
+    assert out.due(0.0, most=1) == [("c", "line 0")]
+    out.delivered("c", 4.0)  # the request took 4 s (a busy loop, a slow platform)
+    assert out.due(0.0) == [("c", "line 1")]
+    assert out.next_due_in(10.0) == 4.0  # line 0's slot is back at 14, not at 10

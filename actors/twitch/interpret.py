@@ -170,10 +170,9 @@ def interpret(text: str, level: Level, config: InterpretConfig, agents: Sequence
     prefix = config.prefix
     if line.startswith(prefix) and len(line) > len(prefix) and not line[len(prefix)].isspace():
         return Interpretation(Kind.COMMAND.value, None, f"command {line.split()[0]}", False)
-    mentioned = min(((m.start(), agent) for agent, pattern in compiled.mentions
-                     if (m := pattern.search(line))), default=None)
+    mentioned = _mentioned(line, compiled)
     if mentioned:
-        return _routed(Kind.MENTION, mentioned[1], f"mentions {mentioned[1]}", level, config)
+        return _routed(Kind.MENTION, mentioned, f"mentions {mentioned}", level, config)
     words = _WORD.findall(line.casefold())
     if line.endswith("?") or (words and words[0] in QUESTION_WORDS):
         agent, reason = _route(words, compiled, config.default_agent)
@@ -182,6 +181,27 @@ def interpret(text: str, level: Level, config: InterpretConfig, agents: Sequence
                                                           ["good", "evening"])):
         return Interpretation(Kind.GREETING.value, None, "greeting", False)
     return Interpretation(Kind.OTHER.value, None, "chat", False)
+
+
+def route(text: str, config: InterpretConfig, agents: Sequence[str]) -> tuple[str | None, str]:
+    """The agent a line is for, whatever its kind (``!ask`` routes every question): the first
+    agent it mentions, else the best keyword match, else ``default_agent``; and why.
+
+    >>> route("docs or build, agent 1?", InterpretConfig(default_agent="Agent-1"), ["Agent-1"])
+    ('Agent-1', 'mentions Agent-1')
+    """
+    compiled = _compile(config, tuple(agents))
+    line = " ".join(text.split())
+    mentioned = _mentioned(line, compiled)
+    if mentioned:
+        return mentioned, f"mentions {mentioned}"
+    return _route(_WORD.findall(line.casefold()), compiled, config.default_agent)
+
+
+def _mentioned(line: str, compiled: _Compiled) -> str | None:
+    first = min(((m.start(), agent) for agent, pattern in compiled.mentions
+                 if (m := pattern.search(line))), default=None)
+    return first[1] if first else None
 
 
 def _routed(kind: Kind, agent: str | None, reason: str, level: Level,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from system.permissions import Decision, Policy
+
 
 class Level(IntEnum):
     """Ordered: a command allowed at one level is allowed at every higher one."""
@@ -143,3 +145,88 @@ class Cooldowns:
 
 def _command(name: str) -> str:
     return name.strip().lstrip("!").lower()
+
+
+# -- who may run what ------------------------------------------------------------------------
+# The least level of each command (``services.twitch.commands.NAME.level`` overrides it):
+# agent-steering commands and quote edits are for moderators and up.
+DEFAULT_LEVELS: dict[str, Level] = {
+    "help": Level.EVERYONE, "status": Level.EVERYONE, "agents": Level.EVERYONE,
+    "gas": Level.EVERYONE, "quote": Level.EVERYONE, "ask": Level.EVERYONE,
+    "quote add": Level.MODERATOR, "quote remove": Level.MODERATOR,
+    "agent": Level.MODERATOR, "broadcast": Level.MODERATOR, "unstall": Level.MODERATOR,
+}
+# What a swarm role from the allow-list (the shared permission policy) counts as in chat.
+ROLE_LEVELS = {"viewer": Level.EVERYONE, "operator": Level.MODERATOR,
+               "admin": Level.BROADCASTER}
+
+
+def config_key(command: str) -> str:
+    """``quote add`` -> ``quote_add``: the command's key under services.twitch.commands."""
+    return command.replace(" ", "_")
+
+
+class ChatPolicy:
+    """Twitch's answer to "may this chatter run this command": the chatter's level is the
+    highest of what their badges grant and what the allow-list (a shared
+    :class:`~system.permissions.Policy` over logins and ids) grants; a command needs its
+    configured level. The same interface as ``Policy`` (``role_of``, ``check``,
+    ``allowed_commands``, ``commands``), so ``swarm permissions explain`` asks either.
+
+    >>> from system.permissions import Principal
+    >>> policy = ChatPolicy.from_config({}, {"operators": {"users": ["otto"]}})
+    >>> policy.check(Principal("twitch", "9", "vic"), "agent").allowed
+    False
+    >>> d = policy.check(Principal("twitch", "8", "otto", aliases=("otto",)), "agent")
+    >>> d.allowed, d.role, d.rule
+    (True, 'moderator', 'user otto is listed in operators.users')
+    """
+
+    def __init__(self, levels: Mapping[str, Level], allow: Any):
+        self.levels = dict(levels)
+        self.allow = allow
+        self.commands = {name: level.name.lower() for name, level in self.levels.items()}
+
+    @classmethod
+    def from_config(cls, commands: Mapping[str, Any] | None,
+                    permissions: Mapping[str, Any] | None) -> ChatPolicy:
+        levels = dict(DEFAULT_LEVELS)
+        for name in levels:
+            rule = (commands or {}).get(config_key(name)) or {}
+            if "level" in rule:
+                levels[name] = Level.parse(rule["level"])
+        # the allow-list grants roles to listed users only: nobody is an operator by default
+        block = {"viewers": "everyone", **{k: v for k, v in (permissions or {}).items()
+                                           if k in ("admins", "operators")}}
+        return cls(levels, Policy.from_config(block, {}))
+
+    def role_of(self, who: Any) -> tuple[str, str]:
+        """(level name, the rule that gave it): badges, or the allow-list if it grants more."""
+        badges = level_of([{"set_id": r} for r in who.roles])
+        rule = f"badge {badges.name.lower()}" if badges else "no badge (everyone)"
+        role, why = self.allow.role_of(who)
+        listed = ROLE_LEVELS.get(role, Level.EVERYONE)
+        if listed > badges:
+            return listed.name.lower(), why
+        return badges.name.lower(), rule
+
+    def level(self, who: Any) -> Level:
+        return Level.parse(self.role_of(who)[0])
+
+    def check(self, who: Any, command: str):
+        level, rule = self.role_of(who)
+        needed = self.levels.get(command)
+        if needed is None:
+            return Decision(False, level, None, f"{command!r} is not a command")
+        return Decision(Level.parse(level) >= needed, level, needed.name.lower(), rule)
+
+    def allowed_commands(self, who: Any) -> list[str]:
+        return [c for c in self.levels if self.check(who, c).allowed]
+
+
+def refusal(command: str, needed: str | None) -> str:
+    """One polite line for a refused chatter."""
+    if needed is None:
+        return f"!{command} is not a command here."
+    who = {"broadcaster": "the broadcaster", "vip": "VIPs"}.get(needed, f"{needed}s")
+    return f"!{command} is for {who} and up."

@@ -162,12 +162,14 @@ class OutputLimiter:
             queued += 1
         return queued
 
-    def due(self, now: float) -> list[tuple[str, str]]:
-        """The (channel, text) pairs to send now, in order; each counts as sent."""
-        out = []
+    def due(self, now: float, most: int | None = None) -> list[tuple[str, str]]:
+        """The (channel, text) pairs to send now, in order (at most ``most``); each counts
+        as sent at ``now`` (see :meth:`delivered`)."""
+        out: list[tuple[str, str]] = []
         for name, state in self._channels.items():
             self._forget(state, now)
-            while len(state.sent_at) < self.channel_limit(name):
+            while len(state.sent_at) < self.channel_limit(name) and (
+                    most is None or len(out) < most):
                 picked = self._next_part(state, now)
                 if picked is None:
                     break
@@ -177,6 +179,15 @@ class OutputLimiter:
                 self.sent += 1
                 out.append((name, f"{part.text} {SUFFIX * copies}" if copies else part.text))
         return out
+
+    def delivered(self, channel: str, at: float) -> None:
+        """The last line ``due`` handed out for ``channel`` reached the platform by ``at``
+        (when its send returned): its slot counts from then. A sender that cannot send
+        at once (a busy loop, a slow request) so never lets Twitch see more than ``limit``
+        in a window."""
+        state = self._channel(channel)
+        if state.sent_at:
+            state.sent_at[-1] = max(state.sent_at[-1], at)
 
     def next_due_in(self, now: float) -> float | None:
         """Seconds until ``due`` may return something (0.0: now), None if nothing waits."""

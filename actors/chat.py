@@ -1,0 +1,166 @@
+"""What the chat services (Discord, Twitch) share: the admin requests a chat command turns
+into, on the client's loop, and the actor side that answers them.
+
+A chat service is a thin actor (:class:`ChatService`) whose client runs on an asyncio loop
+behind an :class:`~system.bridge.AsyncBridge`. A command, once the service's permission check
+passed, calls :class:`AdminClient`: each call is a bridge ``ask`` that the actor turns into the
+admin request the CLI sends (found in the registry for each request: the admin may have
+restarted), carrying the principal, so CLI and chat share one audit trail::
+
+    admin = AdminClient(bridge, agents=["Agent-1"], platform="twitch")
+    queue_id = await admin.send(who, "Agent-1", "rerun the tests")   # ActionFailed: one line
+
+Rendering the answers is each platform's own business (embeds, one chat line).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from thespian.actors import ActorExitRequest
+
+from actors.queue.commands import text_item
+from system import protocol
+from system.permissions import Principal
+from system.service import ServiceActor
+
+ASK_TIMEOUT_S = 14.0    # the loop's wait; the admin gives up on its own hops after 10 s
+ADMIN_TIMEOUT_S = 12.0  # the actor's wait for the admin's answer
+PRIORITIES = ("urgent", "high", "normal", "low")
+
+
+class ActionFailed(Exception):
+    """The admin refused or did not answer, or the request is wrong: one line for the user."""
+
+
+def find_agent(name: str, agents: Sequence[str]) -> str:
+    """The configured agent called ``name`` (any case); ActionFailed naming them if none.
+
+    >>> find_agent("agent-2", ["Agent-1", "Agent-2"])
+    'Agent-2'
+    """
+    by_fold = {a.casefold(): a for a in agents}
+    agent = by_fold.get(name.strip().casefold())
+    if agent is None:
+        raise ActionFailed(f"No agent named {name!r}. Agents: {', '.join(agents) or 'none'}.")
+    return agent
+
+
+class AdminClient:
+    """Admin requests through the bridge, from the client's loop. ``platform`` names the
+    surface in the ``Via`` header of every message it enqueues."""
+
+    def __init__(self, bridge, agents: Sequence[str], platform: str):
+        self.bridge = bridge
+        self.agents = list(agents)
+        self.platform = platform
+
+    async def call(self, who: Principal, mtype: str, body: dict | None = None) -> dict:
+        """One admin request (``admin.status``, ...); its answer, or ActionFailed."""
+        try:
+            answer = await self.bridge.ask({"type": mtype, "body": {
+                **(body or {}), "principal": who.label}}, ASK_TIMEOUT_S)
+        except TimeoutError:
+            raise ActionFailed("The swarm did not answer in time; it may still be working on "
+                               "it (check status).") from None
+        if "error" in answer:
+            raise ActionFailed(answer["error"]["detail"])
+        return answer["ok"]
+
+    def agent(self, name: str) -> str:
+        return find_agent(name, self.agents)
+
+    def item(self, who: Principal, agent: str, text: str, priority: str | None = None,
+             sender: str | None = None) -> dict:
+        """One queue item for ``agent``; ``sender`` (default: the principal's label) is what
+        the inbox file shows as From."""
+        if not text.strip():
+            raise ActionFailed("The message is empty.")
+        if priority is not None and priority not in PRIORITIES:
+            raise ActionFailed(f"Priority must be one of {', '.join(PRIORITIES)}.")
+        try:
+            return text_item(agent, text, priority=priority, sender=sender or who.label,
+                             headers=[f"Via={self.platform} {who.label}"])
+        except ValueError as exc:
+            raise ActionFailed(str(exc)) from None
+
+    async def send(self, who: Principal, agent: str, text: str, priority: str | None = None,
+                   sender: str | None = None) -> str:
+        """Enqueue ``text`` for the agent called ``agent``; the queue's id."""
+        item = self.item(who, self.agent(agent), text, priority, sender)
+        reply = await self.call(who, "admin.send", {"items": [item]})
+        if reply["rejected"]:
+            raise ActionFailed(f"Not queued: {reply['rejected'][0][1]}")
+        return reply["ids"][0]
+
+    async def broadcast(self, who: Principal, text: str, priority: str | None = None,
+                        sender: str | None = None) -> tuple[int, int, str]:
+        """One message to every configured agent, in one batch: (accepted, total, why the
+        rest were not queued)."""
+        if not self.agents:
+            raise ActionFailed("No agents are configured (agents.names).")
+        items = [self.item(who, agent, text, priority, sender) for agent in self.agents]
+        reply = await self.call(who, "admin.send", {"items": items})
+        rejected = "; ".join(f"{self.agents[i]}: {why}" for i, why in reply["rejected"])
+        return len(reply["accepted"]), len(items), rejected
+
+    async def gas(self, who: Principal, op: str, body: dict | None = None) -> dict:
+        """A gas pipeline or brain request (``admin.gas``: status, unstall, brain_*)."""
+        return await self.call(who, "admin.gas", {"op": op, **(body or {})})
+
+    async def unstall(self, who: Principal, agent: str) -> str:
+        """Nudge a stalled agent; its name."""
+        reply = await self.gas(who, "unstall", {"agent": self.agent(agent)})
+        return reply.get("agent", agent)
+
+
+class ChatService(ServiceActor):
+    """The actor side of a chat service: answers the client's asks through the admin actor,
+    parks the service on a final failure, and restarts it when its client loop died. Other
+    client events go to :meth:`on_client_event`."""
+
+    def on_event(self, event) -> None:
+        kind, value = event[0], event[1:]
+        if kind == "ask":
+            self._ask(*value)
+        elif kind == "fatal":
+            self.log("error", "connection_failed", value[0])
+            self.fail(value[0])
+        elif kind == "bridge.error":  # the client loop died: a fresh actor starts a fresh loop
+            self.log("error", "client_crashed", f"{type(value[0]).__name__}: {value[0]}",
+                     exc=value[0])
+            self.send(self.myAddress, ActorExitRequest())
+        else:
+            self.on_client_event(kind, *value)
+
+    def on_client_event(self, kind: str, *value) -> None:
+        pass
+
+    def _ask(self, rid: int, request: dict) -> None:
+        """A client request for the admin actor; the answer goes back through the bridge."""
+        mtype = protocol.TYPES.get(request.get("type", ""))
+        if mtype is None or not mtype.name.startswith("admin."):
+            self.bridge.answer(rid, _error("bad_request", f"not an admin request: {mtype}"))
+            return
+
+        def done(reply) -> None:
+            if reply is None:
+                self.bridge.answer(rid, _error("timeout", "The swarm did not answer in time."))
+            elif reply.t == "error":
+                self.bridge.answer(rid, _error(reply.b["code"], reply.b["detail"]))
+            else:
+                self.bridge.answer(rid, {"ok": reply.b})
+
+        def with_admin(found) -> None:
+            if found is None or found.t == "error" or not found.b.get("addr"):
+                self.bridge.answer(rid, _error("not_ready",
+                                               "The swarm's admin is restarting; try again."))
+                return
+            self.request(protocol.address_from_wire(found.b["addr"]), mtype, request["body"],
+                         done, ADMIN_TIMEOUT_S)
+
+        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
+                     {"name": "admin"}, with_admin, 3.0)
+
+
+def _error(code: str, detail: str) -> dict:
+    return {"error": {"code": code, "detail": detail}}

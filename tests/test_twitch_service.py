@@ -1,0 +1,261 @@
+"""The Twitch service for real: a real swarm, the real twitchio 3 client inside the service
+actor, against the simulated Twitch (Helix + EventSub) on 127.0.0.1."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import stat
+import time
+
+import pytest
+
+from actors.twitch.simulator import BOT_ID, CLIENT_ID, CLIENT_SECRET, SimTwitchThread
+from tests.conftest import ROOT
+
+AGENTS = ["Agent-1", "Agent-2", "Agent-3"]
+MOD, VIP, SUB, VIEWER, ALLOWED = "mo", "vi", "sue", "vic", "allie"
+
+
+def test_without_credentials_twitch_is_disabled_with_the_keys_to_set(make_swarm):
+    swarm = make_swarm({"services": {"twitch": {"enabled": True, "client_id": "x"}}})
+    swarm.start()
+    view = swarm.service("twitch")
+    assert view["state"] == "disabled" and view["healthy"]
+    assert "services.twitch.client_secret" in view["detail"]
+    assert "services.twitch.bot_token" in view["detail"]
+    time.sleep(1.0)
+    assert swarm.service("twitch")["restarts"] == 0
+
+
+# --- against the simulated Twitch ----------------------------------------------------------
+@pytest.fixture
+def sim():
+    with SimTwitchThread(keepalive_every_s=2.0) as s:
+        yield s
+        records = s.records()
+        assert not records["unhandled"], records["unhandled"]
+        assert not records["server_errors"], records["server_errors"]
+
+
+def twitch_block(sim, **extra) -> dict:
+    return {"enabled": True, "client_id": CLIENT_ID, "client_secret": "${env:TEST_TWITCH_SECRET}",
+            "bot_id": BOT_ID, "bot_token": "${env:TEST_TWITCH_TOKEN}",
+            "bot_refresh_token": "${env:TEST_TWITCH_REFRESH}", "channel": "streamer",
+            "api_base": sim.api_base, "id_base": sim.api_base, "eventsub_url": sim.ws_url,
+            "permissions": {"operators": {"users": [ALLOWED]}},
+            "interpretation": {"keywords": {"Agent-2": ["build", "ci"],
+                                            "Agent-3": ["docs"]},
+                               "default_agent": "Agent-1"},
+            "resubscribe_after_s": 1.0,
+            "commands": {name: {"global_s": 0} for name in ("status", "agents", "gas", "quote",
+                                                             "help")}, **extra}
+
+
+def start_twitch(make_swarm, sim, monkeypatch, **extra):
+    monkeypatch.setenv("TEST_TWITCH_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("TEST_TWITCH_TOKEN", sim.bot_token)
+    monkeypatch.setenv("TEST_TWITCH_REFRESH", sim.bot_refresh)
+    swarm = make_swarm({"services": {"queue": {"enabled": True},
+                                     "twitch": twitch_block(sim, **extra)},
+                        "agents": {"names": AGENTS}})
+    swarm.start()
+    sim.wait_subscribed(timeout=15)
+    swarm.wait_for(lambda s: s["services"]["twitch"]["health"] == "ok", timeout=15,
+                   what="twitch ok")
+    return swarm
+
+
+@pytest.fixture
+def twitch_swarm(make_swarm, sim, monkeypatch):
+    swarm = start_twitch(make_swarm, sim, monkeypatch)
+    yield swarm
+    logs = "".join(p.read_text() for p in (swarm.dir / "data" / "logs").glob("*.log*"))
+    for secret in (CLIENT_SECRET, sim.bot_token, sim.bot_refresh):
+        assert secret not in logs, "a secret reached a log file"
+
+
+def say(sim, login: str, text: str, badges=(), timeout: float = 10.0) -> dict:
+    """``login`` types ``text``; the bot's next line addressed to them."""
+    since = len(sim.records()["sent"])
+    sim.chat(login, text, badges=list(badges))
+    return sim.wait_sent(lambda m: m["text"].startswith(f"@{login} "), timeout, since)
+
+
+@contextlib.contextmanager
+def resubscribed(sim, timeout: float = 15.0):
+    """The block drops the bot's subscription; wait until a new connection subscribed."""
+    connections = sim.records()["connections"]
+    yield
+    sim.wait_until(lambda: sim.sim.eventsub.connections > connections
+                   and sim.sim.enabled_subscriptions(), timeout)
+
+
+def inbox(swarm, agent: str, count: int = 1, timeout: float = 10.0) -> list[str]:
+    folder = swarm.dir / "agents" / agent / "inbox"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(folder.glob("*.md")) if folder.exists() else []
+        if len(files) >= count:
+            return [f.read_text() for f in files]
+        time.sleep(0.05)
+    raise AssertionError(f"{agent}'s inbox has fewer than {count} files")
+
+
+def test_running_with_session_and_subscriptions_in_health_and_viewer_commands(twitch_swarm,
+                                                                              sim, tmp_path):
+    view = twitch_swarm.service("twitch")
+    assert view["state"] == "running" and "EventSub session sim_" in view["detail"]
+    assert "1 subscription(s)" in view["detail"]
+    assert "Swarm healthy" in say(sim, VIEWER, "!status")["text"]
+    assert "Agent-2: no gas data, inbox 0" in say(sim, VIEWER, "!status agent-2")["text"]
+    assert "queue: running" in say(sim, "vic2", "!status queue")["text"]
+    assert "Agent-1" in say(sim, VIEWER, "!agents")["text"]
+    quote = say(sim, VIEWER, "!quote")["text"]
+    assert quote.startswith(f"@{VIEWER} #")
+    help_text = say(sim, VIEWER, "!help")["text"]
+    assert "!ask" in help_text and "!agent AGENT" not in help_text
+    assert "!agent AGENT TEXT" in say(sim, MOD, "!help", ["moderator"])["text"]
+    # every line went out with the bot's user token, none over the limit
+    sent = sim.records()["sent"]
+    assert all(m["auth"] == "user" and m["is_sent"] for m in sent)
+    assert not list(ROOT.glob(".tio.tokens.json"))  # twitchio's own token file is off
+
+
+def test_ask_is_routed_and_the_inbox_names_the_viewer(twitch_swarm, sim):
+    assert say(sim, VIEWER, "!ask why is the build red?")["text"] == f"@{VIEWER} sent to Agent-2"
+    text = inbox(twitch_swarm, "Agent-2")[0]
+    assert "twitch:vic" in text and "why is the build red?" in text
+    # the per-user cooldown: one "wait" notice, then silence; another viewer is not held back
+    assert "cooling down" in say(sim, VIEWER, "!ask and the docs?")["text"]
+    assert say(sim, "val", "!ask are the docs up to date?")["text"] == "@val sent to Agent-3"
+    assert say(sim, "walt", "!ask anything new")["text"] == "@walt sent to Agent-1"  # default
+
+
+def test_agent_steering_is_refused_below_moderator_and_allowed_for_mods_and_the_allow_list(
+        twitch_swarm, sim):
+    for login, badges in ((VIEWER, ()), (SUB, ["subscriber"]), (VIP, ["vip"])):
+        reply = say(sim, login, "!agent Agent-3 rerun tests", badges)["text"]
+        assert reply == f"@{login} !agent is for moderators and up."
+        assert "moderators" in say(sim, login, "!broadcast stop everything", badges)["text"]
+    time.sleep(0.5)
+    folder = twitch_swarm.dir / "agents" / "Agent-3" / "inbox"
+    assert not folder.exists() or not list(folder.iterdir())
+    reply = say(sim, MOD, "!agent Agent-3 rerun tests", ["moderator"])["text"]
+    assert reply.startswith(f"@{MOD} queued for Agent-3")
+    assert "twitch:mo" in inbox(twitch_swarm, "Agent-3")[0]
+    reply = say(sim, ALLOWED, "!agent agent-3 and lint")["text"]  # allow-listed, no badge
+    assert reply.startswith(f"@{ALLOWED} queued for Agent-3")
+    assert "queued for 3 of 3 agents" in say(sim, "streamer", "!broadcast hello all")["text"]
+    assert "No agent named 'Agent-9'" in say(sim, MOD, "!agent Agent-9 x", ["moderator"])["text"]
+    assert "usage: !agent AGENT TEXT" in say(sim, MOD, "!agent", ["moderator"])["text"]
+    log = (twitch_swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    refusals = [json.loads(line) for line in log.splitlines() if '"event": "refused"' in line]
+    assert {r["command"] for r in refusals} >= {"agent", "broadcast"}
+
+
+def test_free_text_forwarding_by_level_spam_never_and_redelivery_once(twitch_swarm, sim):
+    sim.chat(VIEWER, "Agent-2: the build is red")  # below subscriber: not forwarded
+    sim.chat(SUB, "Agent-2 visit free-followers.xyz now", badges=["subscriber"])  # spam
+    first = sim.chat(SUB, "Agent-2: the build is red again", badges=["subscriber"])
+    texts = inbox(twitch_swarm, "Agent-2")
+    assert len(texts) == 1 and "twitch:sue" in texts[0] and "again" in texts[0]
+    assert sim.redeliver(first) == 1  # Twitch delivers at least once: handled once
+    command = sim.chat(SUB, "!status", badges=["subscriber"])
+    sim.wait_sent(lambda m: m["text"].startswith(f"@{SUB} Swarm"), 10)
+    assert sim.redeliver(command) == 1
+    time.sleep(1.0)
+    assert len(inbox(twitch_swarm, "Agent-2")) == 1
+    assert sum(m["text"].startswith(f"@{SUB} ") for m in sim.records()["sent"]) == 1
+
+
+def test_quotes_add_by_number_remove_and_persist_across_a_restart(twitch_swarm, sim):
+    assert "!quote is for" not in say(sim, VIEWER, "!quote 1")["text"]
+    assert "quote add is for moderators" in say(sim, VIEWER, "!quote add mine")["text"]
+    reply = say(sim, MOD, "!quote add Relays beat sprints.", ["moderator"])["text"]
+    number = int(reply.rsplit("#", 1)[1])
+    with resubscribed(sim):
+        twitch_swarm.cli("restart", "twitch")
+    twitch_swarm.wait_for(lambda s: s["services"]["twitch"]["health"] == "ok", timeout=15,
+                          what="twitch back")
+    assert say(sim, "vic3", f"!quote {number}")["text"] == f"@vic3 #{number}: Relays beat sprints."
+    assert say(sim, MOD, f"!quote remove {number}", ["moderator"])["text"] == \
+        f"@{MOD} removed quote #{number}"
+    assert "there is no quote" in say(sim, "vic4", f"!quote {number}", timeout=15)["text"]
+
+
+def test_a_burst_stays_within_the_limit_and_confirmations_are_never_lost(make_swarm, sim,
+                                                                         monkeypatch):
+    """A raid: 1,000 lines at once, 200 of them !status, with Twitch's limit scaled down to 5
+    messages per 3 s so that the test takes seconds, not minutes."""
+    swarm = start_twitch(make_swarm, sim, monkeypatch,
+                         output={"limit": 5, "window_s": 3.0, "max_queue": 20, "margin_s": 0.5},
+                         commands={"status": {"global_s": 0}})
+    sim.configure(enforce_rate_limit=True, rate_limit=(5, 3.0))
+    for n in range(1000):
+        sim.chat(f"raider{n}", "!status" if n % 5 == 0 else f"hype line {n} lets go",
+                 badges=["subscriber"] if n % 2 else [])
+        if n in (100, 500, 900):
+            sim.chat(MOD, f"!agent Agent-1 job {n}", badges=["moderator"])
+    settled = swarm.wait_for(lambda s: re.search(r"queued 0, dropped [1-9]",
+                                                 s["services"]["twitch"]["detail"]),
+                             timeout=60, what="the burst answered or dropped")
+    detail = settled["services"]["twitch"]["detail"]
+    sent_n, dropped = map(int, re.search(r"sent (\d+), queued 0, dropped (\d+)", detail).groups())
+    assert sent_n + dropped == 203  # 200 answers + 3 confirmations: each sent or counted
+    records = sim.records()["sent"]
+    assert [m for m in records if m["drop_reason"]] == []  # never over Twitch's limit
+    assert sim.max_sent_in_window(window_s=3.0) <= 5
+    confirmations = [m["text"] for m in records if m["text"].startswith(f"@{MOD} queued")]
+    assert len(confirmations) == 3  # the admin confirmations all went out
+    assert len(inbox(swarm, "Agent-1", 3)) == 3
+
+
+def test_token_expiry_is_refreshed_and_stored_owner_only(twitch_swarm, sim):
+    sim.expire_user_token()
+    assert "Swarm" in say(sim, VIEWER, "!status", timeout=15)["text"]
+    assert sim.records()["refreshes"], "the expired token was not refreshed"
+    token_file = twitch_swarm.dir / "data" / "twitch" / "tokens.json"
+    deadline = time.monotonic() + 5
+    while not token_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    stored = json.loads(token_file.read_text())
+    assert stored["access"] != sim.bot_token
+
+
+def test_eventsub_loss_reconnect_and_4003_are_survived(twitch_swarm, sim):
+    sim.send_reconnect()  # session_reconnect: move without resubscribing
+    time.sleep(1.0)
+    assert "Swarm" in say(sim, VIEWER, "!status", timeout=15)["text"]
+    with resubscribed(sim):  # twitchio gives up on a 4003 socket: the watchdog subscribes
+        sim.drop_sockets(4003)
+    assert "Swarm" in say(sim, "vic5", "!status", timeout=15)["text"]
+
+
+def test_rejected_credentials_fail_with_the_reason_and_no_restart_loop(make_swarm, sim,
+                                                                       monkeypatch):
+    sim.reject_credentials()
+    monkeypatch.setenv("TEST_TWITCH_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("TEST_TWITCH_TOKEN", sim.bot_token)
+    monkeypatch.setenv("TEST_TWITCH_REFRESH", sim.bot_refresh)
+    swarm = make_swarm({"services": {"twitch": twitch_block(sim)}, "agents": {"names": AGENTS}})
+    swarm.cli("start", "-d", "--wait", "20", check=False)  # --wait: twitch is unhealthy
+    view = swarm.wait_for(lambda s: s["services"]["twitch"]["state"] == "failed", timeout=15,
+                          what="twitch failed")["services"]["twitch"]
+    assert "client_id and client_secret" in view["detail"]
+    tokens = sum(1 for r in sim.records()["requests"] if r[1] == "/oauth2/token")
+    time.sleep(2.0)
+    assert swarm.service("twitch")["restarts"] == 0
+    assert sum(1 for r in sim.records()["requests"] if r[1] == "/oauth2/token") == tokens
+
+
+def test_sigkill_of_the_twitch_actor_comes_back_subscribed(twitch_swarm, sim):
+    pid = twitch_swarm.service("twitch")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    twitch_swarm.wait_for(lambda s: s["services"]["twitch"]["pid"] not in (None, pid)
+                          and s["services"]["twitch"]["health"] == "ok", timeout=20,
+                          what="twitch restarted")
+    assert "Swarm" in say(sim, VIEWER, "!status", timeout=15)["text"]

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from actors.twitch.simulator import BOT_ID, CLIENT_ID, CLIENT_SECRET, SimTwitchThread
+from system import protocol
 from tests.conftest import ROOT
 
 AGENTS = ["Agent-1", "Agent-2", "Agent-3"]
@@ -259,3 +260,71 @@ def test_sigkill_of_the_twitch_actor_comes_back_subscribed(twitch_swarm, sim):
                           and s["services"]["twitch"]["health"] == "ok", timeout=20,
                           what="twitch restarted")
     assert "Swarm" in say(sim, VIEWER, "!status", timeout=15)["text"]
+
+
+def test_announcements_and_the_status_timer(make_swarm, sim, monkeypatch):
+    swarm = start_twitch(make_swarm, sim, monkeypatch,
+                         announce={"kinds": ["gas"], "min_severity": "info"},
+                         timers={"status_every_s": 0.5, "min_lines": 3})
+    swarm.tell("registry", protocol.NOTIFY.encode({
+        "kind": "gas", "severity": "info", "service": "gas",
+        "summary": "go sent to Agent-2 for T1", "details": "", "key": "gas:T1:go"}))
+    assert sim.wait_sent(lambda m: m["text"] == "[gas] go sent to Agent-2 for T1", 10)
+    time.sleep(1.5)  # a quiet chat gets no periodic post
+    assert not [m for m in sim.records()["sent"] if m["text"].startswith("Swarm")]
+    for n in range(3):
+        sim.chat(f"v{n}", f"hello there {n}")
+    assert sim.wait_sent(lambda m: m["text"].startswith("Swarm healthy"), 10)
+
+
+def test_a_token_revoked_at_runtime_fails_the_service_naming_the_keys(twitch_swarm, sim):
+    sim.revoke_user_token()
+    sim.chat(VIEWER, "!status")  # the reply's send meets the revoked token
+    view = twitch_swarm.wait_for(lambda s: s["services"]["twitch"]["state"] == "failed",
+                                 timeout=15, what="twitch failed")["services"]["twitch"]
+    assert "services.twitch.bot_token" in view["detail"]
+    time.sleep(1.0)
+    assert twitch_swarm.service("twitch")["restarts"] == 0
+
+
+def test_an_unreachable_platform_is_degraded_then_recovers_by_itself(make_swarm, sim,
+                                                                     monkeypatch):
+    sim.set_refuse_connections(True)
+    monkeypatch.setenv("TEST_TWITCH_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("TEST_TWITCH_TOKEN", sim.bot_token)
+    monkeypatch.setenv("TEST_TWITCH_REFRESH", sim.bot_refresh)
+    swarm = make_swarm({"services": {"twitch": twitch_block(sim)}, "agents": {"names": AGENTS}})
+    swarm.cli("start", "-d", "--wait", "20", check=False)
+    swarm.wait_for(lambda s: "platform unreachable" in s["services"]["twitch"]["detail"],
+                   timeout=15, what="twitch degraded")
+    sim.set_refuse_connections(False)
+    swarm.wait_for(lambda s: s["services"]["twitch"]["health"] == "ok", timeout=30,
+                   what="twitch recovered")
+    assert swarm.service("twitch")["restarts"] == 0
+    assert "Swarm" in say(sim, VIEWER, "!status", timeout=15)["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SWARM_SLOW") != "1", reason="keepalive loss takes ~25 s: "
+                    "SWARM_SLOW=1")
+def test_silent_keepalives_make_a_new_session_that_is_subscribed(twitch_swarm, sim):
+    with resubscribed(sim, timeout=40):
+        sim.silence_keepalives()
+    assert "Swarm" in say(sim, VIEWER, "!status", timeout=15)["text"]
+
+
+def test_permissions_explain_for_twitch_chatters(make_swarm, sim):
+    swarm = make_swarm({"services": {"twitch": twitch_block(sim, enabled=False)}})
+
+    def explain(*args: str) -> tuple[int, dict]:
+        proc = swarm.cli("permissions", "explain", "--platform", "twitch", *args, "--json",
+                         check=False)
+        return proc.returncode, json.loads(proc.stdout)
+    code, report = explain("--user", VIEWER, "agent")
+    assert code == 1 and report["commands"]["agent"] == {
+        "allowed": False, "needs": "moderator", "rule": "no badge (everyone)"}
+    code, report = explain("--user", VIEWER, "--role", "moderator", "agent")
+    assert code == 0 and report["role"] == "moderator"
+    code, report = explain("--user", ALLOWED.upper())  # logins in any case
+    assert report["rule"] == f"user {ALLOWED} is listed in operators.users"
+    assert report["commands"]["broadcast"]["allowed"] and report["commands"]["ask"]["allowed"]

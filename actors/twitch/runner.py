@@ -48,7 +48,7 @@ def point_at(settings: Settings) -> None:
 
 def classify(exc: BaseException) -> tuple[bool, str]:
     """(final, reason) of a connection attempt that ended with ``exc``."""
-    if isinstance(exc, twitchio.InvalidTokenException):
+    if isinstance(exc, twitchio.InvalidTokenException) or refresh_refused(exc):
         return True, TOKEN_REJECTED
     if isinstance(exc, ChannelNotFound):
         return True, str(exc)
@@ -57,6 +57,14 @@ def classify(exc: BaseException) -> tuple[bool, str]:
                       f"{exc.extra.get('message') if isinstance(exc.extra, dict) else ''}): "
                       f"check services.twitch.client_id and client_secret")
     return False, f"platform unreachable: {type(exc).__name__}: {exc}"[:300]
+
+
+def refresh_refused(exc: BaseException) -> bool:
+    """A refresh of the user token that Twitch refused (revoked: the user disconnected the
+    app, or the refresh token is stale)."""
+    url = str(getattr(getattr(exc, "route", None), "url", ""))
+    return (isinstance(exc, twitchio.HTTPException) and exc.status in (400, 401)
+            and "/oauth2/token" in url and "grant_type=refresh_token" in url)
 
 
 class ChatOutput:
@@ -132,6 +140,9 @@ class ChatOutput:
         except twitchio.InvalidTokenException:
             self.bridge.post(("fatal", TOKEN_REJECTED))
         except (twitchio.HTTPException, aiohttp.ClientError, OSError, ValueError) as exc:
+            if refresh_refused(exc):  # the 401 made twitchio refresh, and Twitch said no
+                self.bridge.post(("fatal", TOKEN_REJECTED))
+                return
             self.failed += 1
             self.bridge.log("warning", "send_failed", f"a chat message was not sent: "
                             f"{type(exc).__name__}: {exc}"[:300])

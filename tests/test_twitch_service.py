@@ -114,6 +114,7 @@ def test_running_with_session_and_subscriptions_in_health_and_viewer_commands(tw
     assert "Agent-2: no gas data, inbox 0" in say(sim, VIEWER, "!status agent-2")["text"]
     assert "queue: running" in say(sim, "vic2", "!status queue")["text"]
     assert "Agent-1" in say(sim, VIEWER, "!agents")["text"]
+    assert "gas pipeline" in say(sim, VIEWER, "!gas")["text"]  # not running in this swarm
     quote = say(sim, VIEWER, "!quote")["text"]
     assert quote.startswith(f"@{VIEWER} #")
     help_text = say(sim, VIEWER, "!help")["text"]
@@ -328,3 +329,20 @@ def test_permissions_explain_for_twitch_chatters(make_swarm, sim):
     code, report = explain("--user", ALLOWED.upper())  # logins in any case
     assert report["rule"] == f"user {ALLOWED} is listed in operators.users"
     assert report["commands"]["broadcast"]["allowed"] and report["commands"]["ask"]["allowed"]
+
+
+def test_brain_entries_of_category_quote_join_the_quotes(make_swarm, sim, monkeypatch,
+                                                          tmp_path):
+    packaged = tmp_path / "quotes.txt"
+    packaged.write_text("Only packaged quote.\n", encoding="utf-8")
+    monkeypatch.setenv("TEST_TWITCH_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("TEST_TWITCH_TOKEN", sim.bot_token)
+    monkeypatch.setenv("TEST_TWITCH_REFRESH", sim.bot_refresh)
+    swarm = make_swarm({"services": {
+        "queue": {"enabled": True}, "gas": {"enabled": True},
+        "twitch": twitch_block(sim, quotes_file=str(packaged))}, "agents": {"names": AGENTS}})
+    swarm.start()
+    sim.wait_subscribed(timeout=15)
+    swarm.cli("brain", "add", "--title", "motto", "--category", "quote", "Brains beat bots.")
+    quotes = {say(sim, f"q{n}", "!quote")["text"].split(": ", 1)[1] for n in range(2)}
+    assert quotes == {"Only packaged quote.", "Brains beat bots."}

@@ -20,7 +20,7 @@ import twitchio
 import twitchio.eventsub.websockets
 import twitchio.http
 
-from actors.chat import ActionFailed
+from actors.chat import ActionFailed, AdminClient
 from actors.twitch import render
 from actors.twitch.bot import ChannelNotFound, SwarmTwitchBot
 from actors.twitch.limiter import Priority
@@ -34,6 +34,7 @@ STATS_EVERY_S = 1.0
 WATCH_EVERY_S = 1.0
 SEVERITIES = ("info", "warning", "error", "critical")
 TIMER = Principal("twitch", "timer", "status timer")
+QUOTES = Principal("twitch", "quotes", "quote book")
 TOKEN_REJECTED = ("the bot's user token was rejected or revoked and could not be refreshed: "
                   "set services.twitch.bot_token and bot_refresh_token")
 
@@ -160,7 +161,8 @@ async def run(bridge, settings: Settings, output: ChatOutput) -> None:
     point_at(settings)
     store = TokenStore(settings.token_file, settings.bot_token, settings.bot_refresh_token)
     settings.quotes_db.parent.mkdir(parents=True, exist_ok=True)
-    quotes = await asyncio.to_thread(QuoteBook, settings.quotes_db, settings.quotes_file)
+    quotes = await asyncio.to_thread(QuoteBook, settings.quotes_db, settings.quotes_file,
+                                     extra=_brain_quotes(bridge, settings))
     helpers = [asyncio.create_task(output.run()), asyncio.create_task(_stats(bridge, output)),
                asyncio.create_task(_timer(settings, output))]
     delay = BACKOFF_INITIAL_S
@@ -193,6 +195,18 @@ async def run(bridge, settings: Settings, output: ChatOutput) -> None:
         for task in helpers:
             task.cancel()
         await asyncio.to_thread(quotes.close)
+
+
+def _brain_quotes(bridge, settings: Settings):
+    """The swarm brain's entries of category ``quote``, for the quote book's new rounds (it
+    calls this from its worker thread; an unavailable brain leaves the packaged quotes)."""
+    admin, loop = AdminClient(bridge, settings.agents, "twitch"), asyncio.get_running_loop()
+
+    def read() -> list[str]:
+        future = asyncio.run_coroutine_threadsafe(admin.gas(
+            QUOTES, "brain_list", {"category": "quote", "limit": 1000}), loop)
+        return [entry["content"] for entry in future.result(30)["entries"]]
+    return read
 
 
 async def _watch(bot: SwarmTwitchBot, settings: Settings, bridge) -> None:

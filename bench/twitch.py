@@ -98,10 +98,10 @@ def latency(n: int) -> dict:
         block = {"enabled": True, "client_id": CLIENT_ID,
                  "client_secret": "${env:BENCH_TWITCH_SECRET}", "bot_id": BOT_ID,
                  "bot_token": "${env:BENCH_TWITCH_TOKEN}",
-                 "bot_refresh_token": "${env:BENCH_TWITCH_REFRESH}", "channel": "streamer",
+                 "bot_refresh_token": "${env:BENCH_TWITCH_REFRESH}", "channels": ["streamer"],
                  "api_base": sim.api_base, "id_base": sim.api_base, "eventsub_url": sim.ws_url,
-                 "commands": {"status": {"global_s": 0}},
-                 "output": {"limit": 100_000, "window_s": 1.0, "moderator_limit": 100_000}}
+                 "cooldowns": {"status": {"global_s": 0}},
+                 "limits": {"limit": 100_000, "window_s": 1.0, "moderator_limit": 100_000}}
         with BenchSwarm({"services": {"twitch": block, "queue": {"enabled": True}},
                          "agents": {"names": ["Agent-1"]}}) as swarm:
             swarm.start()

@@ -44,15 +44,15 @@ def sim():
 def twitch_block(sim, **extra) -> dict:
     return {"enabled": True, "client_id": CLIENT_ID, "client_secret": "${env:TEST_TWITCH_SECRET}",
             "bot_id": BOT_ID, "bot_token": "${env:TEST_TWITCH_TOKEN}",
-            "bot_refresh_token": "${env:TEST_TWITCH_REFRESH}", "channel": "streamer",
+            "bot_refresh_token": "${env:TEST_TWITCH_REFRESH}", "channels": ["streamer"],
             "api_base": sim.api_base, "id_base": sim.api_base, "eventsub_url": sim.ws_url,
             "permissions": {"operators": {"users": [ALLOWED]}},
             "interpretation": {"keywords": {"Agent-2": ["build", "ci"],
                                             "Agent-3": ["docs"]},
                                "default_agent": "Agent-1"},
             "resubscribe_after_s": 1.0,
-            "commands": {name: {"global_s": 0} for name in ("status", "agents", "gas", "quote",
-                                                             "help")}, **extra}
+            "cooldowns": {name: {"global_s": 0} for name in ("status", "agents", "gas", "quote",
+                                                              "help")}, **extra}
 
 
 def start_twitch(make_swarm, sim, monkeypatch, **extra):
@@ -193,8 +193,7 @@ def test_a_burst_stays_within_the_limit_and_confirmations_are_never_lost(make_sw
     """A raid: 1,000 lines at once, 200 of them !status, with Twitch's limit scaled down to 5
     messages per 3 s so that the test takes seconds, not minutes."""
     swarm = start_twitch(make_swarm, sim, monkeypatch,
-                         output={"limit": 5, "window_s": 3.0, "max_queue": 20, "margin_s": 0.5},
-                         commands={"status": {"global_s": 0}})
+                         limits={"limit": 5, "window_s": 3.0, "max_queue": 20, "margin_s": 0.5})
     sim.configure(enforce_rate_limit=True, rate_limit=(5, 3.0))
     for n in range(1000):
         sim.chat(f"raider{n}", "!status" if n % 5 == 0 else f"hype line {n} lets go",
@@ -340,9 +339,26 @@ def test_brain_entries_of_category_quote_join_the_quotes(make_swarm, sim, monkey
     monkeypatch.setenv("TEST_TWITCH_REFRESH", sim.bot_refresh)
     swarm = make_swarm({"services": {
         "queue": {"enabled": True}, "gas": {"enabled": True},
-        "twitch": twitch_block(sim, quotes_file=str(packaged))}, "agents": {"names": AGENTS}})
+        "twitch": twitch_block(sim, quotes={"file": str(packaged)})}, "agents": {"names": AGENTS}})
     swarm.start()
     sim.wait_subscribed(timeout=15)
     swarm.cli("brain", "add", "--title", "motto", "--category", "quote", "Brains beat bots.")
     quotes = {say(sim, f"q{n}", "!quote")["text"].split(": ", 1)[1] for n in range(2)}
     assert quotes == {"Only packaged quote.", "Brains beat bots."}
+
+
+def test_two_channels_each_answered_where_asked_and_the_owner_is_an_admin(make_swarm, sim,
+                                                                          monkeypatch):
+    other = sim.add_user("otherchan")
+    owner = sim.add_user("botowner")
+    swarm = start_twitch(make_swarm, sim, monkeypatch, channels=["streamer", "otherchan"],
+                         owner_id=owner["id"])
+    sim.wait_subscribed(timeout=15, count=2)
+    assert "2 subscription(s)" in swarm.service("twitch")["detail"]
+    since = len(sim.records()["sent"])
+    sim.chat(VIEWER, "!status", channel="otherchan")
+    reply = sim.wait_sent(lambda m: m["text"].startswith(f"@{VIEWER} Swarm"), 10, since)
+    assert reply["channel"] == other["id"]
+    sim.chat("botowner", "!agent Agent-1 from the owner", channel="otherchan")
+    reply = sim.wait_sent(lambda m: m["text"].startswith("@botowner queued"), 10, since)
+    assert reply["channel"] == other["id"]

@@ -84,7 +84,7 @@ class SwarmTwitchBot(commands.Bot):
         self.store = store
         self._token = token
         self.admin = AdminClient(bridge, settings.agents, "twitch")
-        self.broadcaster_id: str | None = None
+        self.channel_ids: dict[str, str] = {}  # broadcaster id -> login, once resolved
         self.session_id: str | None = None
         self.echoes = ChatEchoes()
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -92,21 +92,29 @@ class SwarmTwitchBot(commands.Bot):
     # -- lifecycle --------------------------------------------------------------------------
     async def setup_hook(self) -> None:
         await self.add_token(*self._token)  # InvalidTokenException: rejected and not refreshable
-        users = await self.fetch_users(logins=[self.settings.channel])
-        if not users:
-            raise ChannelNotFound(f"no Twitch channel named {self.settings.channel!r}: check "
-                                  f"services.twitch.channel")
-        self.broadcaster_id = str(users[0].id)
-        self.output.attach(self, self.broadcaster_id)
+        users = await self.fetch_users(logins=list(self.settings.channels))
+        found = {u.name.lower(): str(u.id) for u in users}
+        missing = [c for c in self.settings.channels if c not in found]
+        if missing:
+            raise ChannelNotFound(f"no Twitch channel named {', '.join(missing)}: check "
+                                  f"services.twitch.channels")
+        self.channel_ids = {found[c]: c for c in self.settings.channels}
+        self.output.attach(self, found)
         await self.add_component(SwarmCommands(self))
-        await self.subscribe()
+        await self.subscribe(list(self.channel_ids))
 
-    async def subscribe(self) -> None:
-        await self.subscribe_websocket(eventsub.ChatMessageSubscription(
-            broadcaster_user_id=self.broadcaster_id, user_id=self.bot_id))
+    async def subscribe(self, broadcaster_ids: list[str]) -> None:
+        for broadcaster_id in broadcaster_ids:
+            await self.subscribe_websocket(eventsub.ChatMessageSubscription(
+                broadcaster_user_id=broadcaster_id, user_id=self.bot_id))
+
+    def subscribed(self) -> set[str]:
+        """The channels (broadcaster ids) with a live chat subscription."""
+        return {str(s.condition.get("broadcaster_user_id"))
+                for s in self.websocket_subscriptions().values()} & set(self.channel_ids)
 
     async def event_ready(self) -> None:
-        self.bridge.post(("connection", {"state": "ready", "channel": self.settings.channel}))
+        self.bridge.post(("connection", {"state": "ready"}))
 
     async def event_websocket_welcome(self, payload: twitchio.WebsocketWelcome) -> None:
         self.session_id = payload.id
@@ -129,13 +137,16 @@ class SwarmTwitchBot(commands.Bot):
         self._seen[payload.id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
+        channel = self.channel_ids.get(str(payload.broadcaster.id))
+        if channel is None:
+            return  # not a channel of ours (a subscription left over)
         if str(payload.chatter.id) == self.bot_id:
-            self.output.bot_badges(payload.chatter)  # is the bot a moderator here?
+            self.output.bot_badges(channel, payload.chatter)  # a moderator here?
             return
         source = payload.source_broadcaster
         if source is not None and str(source.id) != str(payload.broadcaster.id):
             return  # shared chat: a partner channel's line
-        self.output.lines += 1
+        self.output.lines[channel] += 1
         text = payload.text or ""
         if text.startswith(self.settings.prefix):
             await self.process_commands(payload)
@@ -143,7 +154,7 @@ class SwarmTwitchBot(commands.Bot):
         await self._free_text(payload, text)
 
     async def _free_text(self, payload: twitchio.ChatMessage, text: str) -> None:
-        who = principal_of(payload.chatter, self.broadcaster_id)
+        who = principal_of(payload.chatter, payload.broadcaster.id)
         level = self.settings.policy.level(who)
         echoes = self.echoes.count(text, who.id, time.monotonic())
         seen = interpret(text, level, self.settings.interpretation, self.settings.agents,
@@ -164,7 +175,7 @@ class SwarmTwitchBot(commands.Bot):
     # -- permissions ------------------------------------------------------------------------
     def check(self, ctx: commands.Context, command: str) -> Principal:
         """Policy then cooldowns; Refused with the line to answer. Refusals are logged."""
-        who = principal_of(ctx.chatter, self.broadcaster_id)
+        who = principal_of(ctx.chatter, ctx.broadcaster.id)
         decision = self.settings.policy.check(who, command)
         if not decision.allowed:
             self.bridge.log("warning", "refused", f"{who.label} may not run {command}: "
@@ -180,7 +191,10 @@ class SwarmTwitchBot(commands.Bot):
         return who
 
     def say(self, ctx: commands.Context, text: str, priority: Priority) -> None:
-        self.output.say(f"@{ctx.chatter.name} {text}", priority)
+        """Answer in the channel the command came from."""
+        channel = self.channel_ids.get(str(ctx.broadcaster.id))
+        if channel is not None:
+            self.output.say(channel, f"@{ctx.chatter.name} {text}", priority)
 
     # -- the one error path -------------------------------------------------------------------
     async def event_command_error(self, payload: commands.CommandErrorPayload) -> None:
@@ -212,7 +226,7 @@ class SwarmCommands(commands.Component):
         self.bot = bot
 
     def _who(self, ctx: commands.Context) -> Principal:
-        return principal_of(ctx.chatter, self.bot.broadcaster_id)
+        return principal_of(ctx.chatter, ctx.broadcaster.id)
 
     @commands.command()
     @gate("status")

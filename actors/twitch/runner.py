@@ -77,32 +77,34 @@ class ChatOutput:
         self.bridge = bridge
         self.announce = settings.announce
         self.bot: SwarmTwitchBot | None = None
-        self.channel = settings.channel      # the limiter's key: the channel's login
-        self.channel_id: str | None = None   # where messages go, once the bot resolved it
-        self.lines = 0                       # chat lines seen (the status timer's condition)
+        self.channels = settings.channels    # the limiter's keys: the channels' logins
+        self.channel_ids: dict[str, str] = {}  # login -> broadcaster id, once resolved
+        self.lines: Counter[str] = Counter()  # chat lines seen per channel (the timer's rule)
         self.wake = asyncio.Event()
         self.rejected: Counter[str] = Counter()  # drop_reason -> count (Twitch refused it)
         self.failed = 0                            # sends that failed (network, HTTP error)
         self.kinds: Counter[str] = Counter()     # interpreted free-text lines by kind
 
-    def attach(self, bot: SwarmTwitchBot, channel_id: str) -> None:
-        self.bot, self.channel_id = bot, channel_id
-        if channel_id == bot.bot_id:
-            self.limiter.set_moderator(self.channel, True)  # the broadcaster's own account
+    def attach(self, bot: SwarmTwitchBot, channel_ids: dict[str, str]) -> None:
+        self.bot, self.channel_ids = bot, dict(channel_ids)
+        for login, channel_id in channel_ids.items():
+            if channel_id == bot.bot_id:
+                self.limiter.set_moderator(login, True)  # the bot's own channel
         self.wake.set()
 
-    def bot_badges(self, chatter: twitchio.Chatter) -> None:
+    def bot_badges(self, channel: str, chatter: twitchio.Chatter) -> None:
         """The bot's own line came back: its badges say whether it moderates the channel."""
         badges = {b.set_id for b in chatter.badges or ()}
-        self.limiter.set_moderator(self.channel, bool(
+        self.limiter.set_moderator(channel, bool(
             badges & {"moderator", "lead_moderator", "broadcaster"}))
 
     def count(self, kind: str) -> None:
         self.kinds[kind] += 1
 
-    def say(self, text: str, priority: Priority) -> None:
-        """Queue a line (sent once a bot is connected; old answers expire meanwhile)."""
-        self.limiter.offer(self.channel, text, priority, time.monotonic())
+    def say(self, channel: str, text: str, priority: Priority) -> None:
+        """Queue a line for a channel (sent once a bot is connected; old answers expire
+        meanwhile)."""
+        self.limiter.offer(channel, text, priority, time.monotonic())
         self.wake.set()
 
     def notice(self, notice: dict) -> None:
@@ -112,7 +114,8 @@ class ChatOutput:
         severity = notice.get("severity", "info")
         if notice.get("kind") in kinds and (SEVERITIES.index(severity) if severity in SEVERITIES
                                             else 0) >= SEVERITIES.index(least):
-            self.say(render.notice_line(notice), Priority.NOTICE)
+            for channel in self.channels:
+                self.say(channel, render.notice_line(notice), Priority.NOTICE)
 
     async def run(self) -> None:
         while True:
@@ -127,12 +130,12 @@ class ChatOutput:
                     pass
                 continue
             for channel, text in self.limiter.due(time.monotonic(), most=1):
-                await self._send(bot, text)
+                await self._send(bot, channel, text)
                 self.limiter.delivered(channel, time.monotonic())
 
-    async def _send(self, bot: SwarmTwitchBot, text: str) -> None:
+    async def _send(self, bot: SwarmTwitchBot, channel: str, text: str) -> None:
         try:
-            await bot.create_partialuser(self.channel_id).send_message(
+            await bot.create_partialuser(self.channel_ids[channel]).send_message(
                 text, sender=bot.bot_id, token_for=bot.bot_id)
         except twitchio.MessageRejectedError as exc:
             self.rejected[exc.code or "unknown"] += 1
@@ -215,19 +218,22 @@ async def _watch(bot: SwarmTwitchBot, settings: Settings, bridge) -> None:
     deaf_since, failures = None, 0
     while True:
         await asyncio.sleep(WATCH_EVERY_S)
-        if bot.broadcaster_id is None or bot.output.bot is not bot:
+        if not bot.channel_ids or bot.output.bot is not bot:
             continue  # still starting
-        subscriptions = len(bot.websocket_subscriptions())
-        bridge.post(("eventsub", {"session": bot.session_id, "subscriptions": subscriptions}))
-        if subscriptions:
+        subscribed = bot.subscribed()
+        missing = [c for c in bot.channel_ids if c not in subscribed]
+        bridge.post(("eventsub", {"session": bot.session_id, "subscriptions": len(subscribed),
+                                  "channels": len(bot.channel_ids)}))
+        if not missing:
             deaf_since, failures = None, 0
             continue
         deaf_since = deaf_since or time.monotonic()
         if time.monotonic() - deaf_since < settings.resubscribe_after_s:
             continue
-        bridge.log("warning", "resubscribe", "no EventSub subscription: subscribing again")
+        bridge.log("warning", "resubscribe", f"no EventSub subscription for "
+                   f"{', '.join(bot.channel_ids[c] for c in missing)}: subscribing again")
         try:
-            await bot.subscribe()
+            await bot.subscribe(missing)
             deaf_since = None
         except Exception as exc:  # noqa: BLE001 - counted; a new bot after three
             failures += 1
@@ -244,21 +250,23 @@ async def _stats(bridge, output: ChatOutput) -> None:
 
 
 async def _timer(settings: Settings, output: ChatOutput) -> None:
-    """``timers.status_every_s`` (0: off): a status line, if ``timers.min_lines`` chat
-    lines were seen since the last one."""
+    """``timers.status_every_s`` (0: off): a status line in each channel where at least
+    ``timers.min_lines`` chat lines were seen since the last one."""
     every = float(settings.timers.get("status_every_s") or 0)
     if every <= 0:
         return
     least = int(settings.timers.get("min_lines", 10))
-    last_lines = 0
+    last: Counter[str] = Counter()
     while True:
         await asyncio.sleep(every)
         bot = output.bot
-        if bot is None or output.lines - last_lines < least:
+        busy = [c for c in settings.channels if output.lines[c] - last[c] >= least]
+        if bot is None or not busy:
             continue
-        last_lines = output.lines
         try:
             status = await bot.admin.call(TIMER, "admin.status")
         except ActionFailed:
             continue  # the next round tries again
-        output.say(render.status_line(status), Priority.PERIODIC)
+        for channel in busy:
+            last[channel] = output.lines[channel]
+            output.say(channel, render.status_line(status), Priority.PERIODIC)

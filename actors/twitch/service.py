@@ -8,7 +8,7 @@
         bot_id: "123456"
         bot_token: "${env:TWITCH_BOT_TOKEN}"
         bot_refresh_token: "${env:TWITCH_BOT_REFRESH_TOKEN}"
-        channel: mychannel
+        channels: [mychannel]
 
 The actor holds the config and the connection state (its health: EventSub session and
 subscriptions, output counters), answers the bot's requests by asking the admin actor (see
@@ -72,10 +72,11 @@ class TwitchService(ChatService):
                   f"{s.get('dropped', 0)}" + (f", refused by Twitch {sum(s['rejected'].values())}"
                                               if s.get("rejected") else "")) if s else ""
         if c.get("state") == "ready":
-            subscriptions = e.get("subscriptions", 0)
-            detail = (f"in #{self.settings.channel}; EventSub session {e.get('session') or '?'}"
-                      f", {subscriptions} subscription(s){output}")
-            return ("ok" if subscriptions else "degraded"), detail
+            subscriptions, channels = e.get("subscriptions", 0), len(self.settings.channels)
+            detail = (f"in {', '.join('#' + c for c in self.settings.channels)}; EventSub "
+                      f"session {e.get('session') or '?'}, {subscriptions} subscription(s)"
+                      f"{output}")
+            return ("ok" if subscriptions == channels else "degraded"), detail
         reason = f": {c['reason']}" if c.get("reason") else ""
         retry = f"; retry in {c['retry_in_s']:g}s" if c.get("retry_in_s") else ""
         return "degraded", f"{c.get('state', 'connecting')}{reason}{retry}{output}"

@@ -1,5 +1,10 @@
 """Load the runtime configuration: packaged defaults < user file < SWARM__ env overlay,
-with secret references resolved, JSON-Schema validation, provenance and a diff for reload."""
+with secret references resolved, JSON-Schema validation, provenance and a diff for reload.
+
+Besides the standard keywords the schema may use ``x-placeholders`` (a list of names) on a
+string or a mapping of strings: each is a ``str.format`` template filled with text, whose fields
+must be plain names from that list. So a service's message templates are checked at load (and
+``swarm config check``, and a reload), by key path, without this module knowing the service."""
 from __future__ import annotations
 
 import copy
@@ -7,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 
 from system.errors import ConfigError
 
@@ -54,6 +60,51 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
                               re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def template_problems(text: str, names: list[str] | tuple[str, ...]) -> list[str]:
+    """Why ``text`` is not a ``str.format`` template over the placeholders ``names`` (filled
+    with text), or [].
+
+    >>> template_problems("{agent} at {progress}% {foo} {agent.x}", ["agent", "progress"])
+    ['unknown placeholder {foo}; known: agent, progress', '{agent.x}: only plain names']
+    """
+    problems: list[str] = []
+
+    def fields(fmt: str) -> Iterator[str]:
+        for _, name, spec, _ in string.Formatter().parse(fmt):
+            if name is not None:
+                yield name
+                yield from fields(spec or "")
+
+    try:
+        found = list(fields(text))
+    except ValueError as exc:
+        return [f"not a valid template: {exc}"]
+    for name in found:
+        if not name:
+            problems.append("{} needs a placeholder name")
+        elif not name.isidentifier():
+            problems.append(f"{{{name}}}: only plain names")
+        elif name not in names:
+            problems.append(f"unknown placeholder {{{name}}}; known: {', '.join(names)}")
+    if not problems:
+        try:
+            text.format(**dict.fromkeys(names, ""))
+        except (ValueError, KeyError, IndexError) as exc:
+            problems.append(f"not a valid template: {exc}")
+    return problems
+
+
+def _placeholders(validator, names, instance, schema) -> Iterator[ValidationError]:
+    texts = instance.items() if isinstance(instance, dict) else [(None, instance)]
+    for key, text in texts:
+        if isinstance(text, str):
+            for problem in template_problems(text, names):
+                yield ValidationError(problem, path=() if key is None else (key,))
+
+
+_Validator = validators.extend(Draft202012Validator, {"x-placeholders": _placeholders})
 
 
 @lru_cache(maxsize=1)
@@ -379,9 +430,11 @@ def _fill_service_defaults(data: dict, sources: dict[str, str]) -> None:
 def _schema_errors(data: dict, sources: dict[str, str], secrets: set[str]) -> list[str]:
     """Every schema violation as ``"<source>: <key.path>: <expected ..., found ...>"``."""
     found = set()  # (path the problem is attributed to, path shown, message)
-    for err in Draft202012Validator(_schema()).iter_errors(data):
+    for err in _Validator(_schema()).iter_errors(data):
         path = ".".join(str(p) for p in err.absolute_path)
-        if err.validator in ("additionalProperties", "unevaluatedProperties"):
+        if err.validator == "x-placeholders":
+            found.add((path, path, err.message))
+        elif err.validator in ("additionalProperties", "unevaluatedProperties"):
             known = _known_keys(err.schema)
             found |= {(_join(path, k), path, f"unknown key {k!r}")
                       for k in err.instance if k not in known}

@@ -92,14 +92,6 @@ def test_bad_input_is_a_clear_error(gas_swarm):
     assert proc.returncode == 1 and "0 to 100" in proc.stderr
 
 
-def test_unknown_template_placeholders_park_the_service_naming_the_key(make_swarm):
-    swarm = make_swarm({"services": {"gas": {"enabled": True, "templates": {
-        "go": "GO {nxt}"}}}})
-    swarm.cli("start", "-d", "--wait", "5", check=False)
-    view = swarm.service("gas")
-    assert view["state"] == "failed" and "services.gas.templates.go" in view["detail"]
-
-
 @pytest.mark.parametrize("data, task, progress", [
     (b'{"current_task": "T", "progress": "76%"}', "T", 76.0),
     (b'{"current_tasks": ["A", "B"]}', "A", None),
@@ -126,7 +118,7 @@ def test_relay_rules():
     assert relay.check_stall(s, 2000.0, 600.0) == (s, False)
 
 
-@pytest.mark.parametrize("module", ["relay", "agentfiles", "ledger", "service"])
+@pytest.mark.parametrize("module", ["relay", "agentfiles", "ledger", "service", "brain"])
 def test_doctests(module):
     import doctest
     import importlib
@@ -184,3 +176,69 @@ def test_the_brain_adds_searches_survives_a_restart_and_fuels_the_ready_gas(gas_
     write_status(gas_swarm, "Agent-1", json.dumps({"current_task": "T1", "progress": 92}))
     ready = [f for f in wait_inbox(gas_swarm, "Agent-2", 2) if "GET READY" in f]
     assert ready and "Flaky build" in ready[0]
+
+
+UNICODE_ENTRIES = [
+    ("Café ☕ naïve", "Grind *fresh* beans; «quotes» and 日本語 survive.\n\n## not a heading of ours",
+     "learning", "ünï,ci"),
+    ("Zeilen\numbruch", "Emoji 🚀 and a tab\there.", "decision", ""),
+    ("Третий", "Кириллица.", "learning", "x"),
+]
+
+
+def test_brain_export_writes_one_markdown_file_per_category_unicode_intact(gas_swarm, tmp_path):
+    for title, text, category, tags in UNICODE_ENTRIES:
+        gas_swarm.cli("brain", "add", "--title", title, "--category", category, "--tags", tags,
+                      text)
+    out = tmp_path / "export"
+    report = json.loads(gas_swarm.cli("brain", "export", str(out), "--json").stdout)
+    assert report["entries"] == 3 and report["files"] == {"learning.md": 2, "decision.md": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["decision.md", "learning.md"]
+    learning = (out / "learning.md").read_text(encoding="utf-8")
+    assert learning.startswith("# Swarm brain: learning\n\n## #1 Café ☕ naïve\n")
+    assert "Grind *fresh* beans; «quotes» and 日本語 survive." in learning
+    assert "- tags: ci, ünï\n" in learning and "- author: cli:" in learning
+    assert learning.index("## #1 ") < learning.index("## #3 Третий") and "Кириллица." in learning
+    decision = (out / "decision.md").read_text(encoding="utf-8")
+    assert "## #2 Zeilen umbruch\n" in decision and "Emoji 🚀 and a tab\there." in decision
+
+    proc = gas_swarm.cli("brain", "export", str(out), check=False)
+    assert proc.returncode == 1 and "not empty" in proc.stderr and "--force" in proc.stderr
+    (out / "decision.md").write_text("stale")
+    gas_swarm.cli("brain", "export", str(out), "--force")
+    assert (out / "decision.md").read_text(encoding="utf-8") == decision
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left"
+    (tmp_path / "file").write_text("x")
+    proc = gas_swarm.cli("brain", "export", str(tmp_path / "file"), check=False)
+    assert proc.returncode == 1 and "not a directory" in proc.stderr
+
+
+def test_brain_export_pages_through_every_entry_once_while_entries_are_added(
+        monkeypatch, tmp_path):
+    """250 entries in pages of 100, newest first; one added between two pages shifts the
+    rest by one: no entry there at the start is lost, none is written twice."""
+    import argparse
+
+    from actors.gas import cli as gas_cli
+
+    rows = [{"id": i, "title": f"entry {i}", "content": f"text {i}", "author": "a",
+             "category": "note", "tags": [], "created_at": 0} for i in range(1, 251)]
+
+    class FakeAdmin:
+        def __init__(self, _config):
+            pass
+
+        def call(self, mtype, body):
+            assert body["op"] == "brain_list" and body["limit"] == gas_cli.EXPORT_PAGE
+            if body["offset"] == 100:
+                rows.append({**rows[0], "id": 251, "title": "added meanwhile"})
+            newest = sorted(rows, key=lambda r: -r["id"])
+            return {"entries": newest[body["offset"]:body["offset"] + body["limit"]]}
+
+    monkeypatch.setattr(gas_cli, "AdminClient", FakeAdmin)
+    monkeypatch.setattr(gas_cli, "config_of", lambda args: argparse.Namespace(data={}))
+    out = tmp_path / "out"
+    assert gas_cli.cmd_brain_export(argparse.Namespace(dir=str(out), force=False)) == 0
+    text = (out / "note.md").read_text(encoding="utf-8")
+    ids = [int(line.split()[1][1:]) for line in text.splitlines() if line.startswith("## #")]
+    assert ids == list(range(1, 251))

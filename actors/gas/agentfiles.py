@@ -82,10 +82,10 @@ class StatusFiles:
 
     def agents(self, names) -> list[str]:
         """The relay's agents and any other agent directory under the root."""
-        found = list(names)
+        found, known = list(names), set(names)  # a set: a list made this O(agents²) per poll
         try:
             found += sorted(e.name for e in os.scandir(self.root) if e.is_dir(
-                follow_symlinks=False) and e.name not in names and not check_agent(e.name))
+                follow_symlinks=False) and e.name not in known and not check_agent(e.name))
         except OSError:
             pass
         return found

@@ -8,6 +8,9 @@ search (FTS5, bm25, title weighted), snippets, and the recent learnings the "rea
     >>> [(r["id"], r["title"]) for r in b.search("cache")]
     [(1, 'Flaky build')]
 
+``export_markdown`` renders entries as the per-category Markdown files the replaced store kept
+(``learning.md``, ...), for ``swarm brain export DIR``.
+
 Ids are the table's integer keys (no collisions); every write is one transaction (the
 replaced store rewrote a file without a lock). User text never reaches FTS5's query syntax:
 each word becomes a quoted term (the last one a prefix), so ``"``, ``*``, ``AND``, ``NEAR(``
@@ -18,8 +21,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Iterable
 
-CATEGORIES = ("learning", "decision", "howto", "incident", "note")
+CATEGORIES = ("learning", "decision", "howto", "incident", "note", "quote")  # quote: !quote
 MAX_TITLE, MAX_CONTENT, MAX_TAGS = 200, 20_000, 20
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -108,3 +112,32 @@ def _entry(row: sqlite3.Row) -> dict:
     return {"id": row["id"], "title": row["title"], "content": row["content"],
             "author": row["author"], "category": row["category"],
             "tags": row["tags"].split() if row["tags"] else [], "created_at": row["created_at"]}
+
+
+def export_markdown(entries: Iterable[dict]) -> dict[str, str]:
+    """Entries as one Markdown file per category, ``{file name: text}``, oldest first: a
+    heading per entry (``## #ID title``), its author, tags and time, then its text as written.
+
+    >>> files = export_markdown([{"id": 2, "title": "Café ☕", "content": "Grind *fresh*.",
+    ...     "author": "Agent-1", "category": "howto", "tags": ["coffee"], "created_at": 0}])
+    >>> print(files["howto.md"])
+    # Swarm brain: howto
+    <BLANKLINE>
+    ## #2 Café ☕
+    <BLANKLINE>
+    - author: Agent-1
+    - tags: coffee
+    - created: 1970-01-01 00:00:00 UTC
+    <BLANKLINE>
+    Grind *fresh*.
+    <BLANKLINE>
+    """
+    files: dict[str, list[str]] = {}
+    for e in sorted(entries, key=lambda e: e["id"]):
+        title = " ".join(e["title"].split())  # a heading is one line
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(e["created_at"]))
+        files.setdefault(e["category"], [f"# Swarm brain: {e['category']}\n"]).append(
+            f"## #{e['id']} {title}\n\n- author: {e['author']}\n"
+            f"- tags: {', '.join(e['tags']) or '-'}\n- created: {when}\n\n"
+            f"{e['content'].strip()}\n")
+    return {f"{category}.md": "\n".join(parts) for category, parts in files.items()}

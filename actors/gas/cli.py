@@ -1,13 +1,21 @@
-"""``swarm gas status|progress|unstall|history``: the pipeline's commands, registered through
-the ``swarm.commands`` entry point (see ``system/cli.py``)."""
+"""``swarm gas status|progress|unstall|history`` and ``swarm brain add|search|show|list|export``:
+the pipeline's commands, registered through the ``swarm.commands`` entry point (see
+``system/cli.py``)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
+from collections import Counter
+from pathlib import Path
 
-from actors.gas.brain import CATEGORIES
+from actors.gas.brain import CATEGORIES, export_markdown
 from system import protocol
 from system.admin import AdminClient
-from system.cli import config_of, emit, int_in
+from system.cli import config_of, emit, fail, int_in
+
+EXPORT_PAGE = 100  # entries per brain.list request: 100 of the largest stay under 16 MiB
 
 
 def register(add, common) -> None:
@@ -25,8 +33,8 @@ def register(add, common) -> None:
     p.add_argument("agent", nargs="?", metavar="AGENT")
     p.add_argument("--limit", type=int_in(1, 10_000), default=50, metavar="N")
 
-
-    brain_action = _group(add, common, "brain", "the swarm brain: add, search, show, list")
+    brain_action = _group(add, common, "brain", "the swarm brain: add, search, show, list, "
+                          "export")
     p = brain_action("add", "add an entry", cmd_brain_add)
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--title", required=True)
@@ -43,6 +51,11 @@ def register(add, common) -> None:
     p.add_argument("--category", default=None, choices=CATEGORIES)
     p.add_argument("--limit", type=int_in(1, 1000), default=20, metavar="N")
     p.add_argument("--offset", type=int_in(0, 2**62), default=0, metavar="N")
+    p = brain_action("export", "write every entry into DIR as Markdown, one file per category "
+                     "(learning.md, ...)", cmd_brain_export)
+    p.add_argument("dir", metavar="DIR", help="created if missing; must be empty unless --force")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing "
+                   "the category files there")
 
 
 def _group(add, common, name: str, text: str):
@@ -154,3 +167,49 @@ def cmd_brain_list(args) -> int:
                                        **({"category": args.category} if args.category else {})})
     emit(args, reply, lambda r: _print_entries(r["entries"], key=""))
     return 0
+
+
+def cmd_brain_export(args) -> int:
+    target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        return fail(f"{target} is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not args.force:
+        return fail(f"{target} is not empty: give --force to write into it anyway")
+    client = AdminClient(config_of(args).data)
+    entries: dict[int, dict] = {}
+    offset = 0
+    while True:  # newest first; an entry added meanwhile shifts a page: ids deduplicate
+        page = client.call(protocol.ADMIN_GAS, {"op": "brain_list", "limit": EXPORT_PAGE,
+                                                "offset": offset})["entries"]
+        entries.update((e["id"], e) for e in page)
+        if len(page) < EXPORT_PAGE:
+            break
+        offset += EXPORT_PAGE
+    files = export_markdown(entries.values())
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            _write_atomically(target / name, text)
+    except OSError as exc:
+        return fail(f"cannot write {exc.filename or target}: {exc.strerror}")
+    counts = Counter(f"{e['category']}.md" for e in entries.values())
+    emit(args, {"dir": str(target.resolve()), "entries": len(entries), "files": counts},
+         lambda r: print(f"exported {r['entries']} entries to {r['dir']}"
+                         + "".join(f"\n  {n}: {c}" for n, c in sorted(r["files"].items()))))
+    return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temp file beside ``path``, fsync it, rename it over ``path``: a reader (or a
+    crash) never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

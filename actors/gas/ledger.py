@@ -24,7 +24,7 @@ from actors.gas.relay import AgentState
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
     agent TEXT PRIMARY KEY, cycle INTEGER NOT NULL, task TEXT, progress REAL NOT NULL,
-    changed_at REAL NOT NULL, stalled INTEGER NOT NULL DEFAULT 0);
+    changed_at REAL NOT NULL, stalled INTEGER NOT NULL DEFAULT 0, cycle_task TEXT);
 CREATE TABLE IF NOT EXISTS gas (
     agent TEXT NOT NULL, cycle INTEGER NOT NULL, kind TEXT NOT NULL, task TEXT,
     next_agent TEXT NOT NULL, progress REAL NOT NULL, msg_id TEXT NOT NULL,
@@ -47,6 +47,8 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        if "cycle_task" not in {r[1] for r in self.db.execute("PRAGMA table_info(agents)")}:
+            self.db.execute("ALTER TABLE agents ADD COLUMN cycle_task TEXT")  # an older gas.db
 
     def close(self) -> None:
         self.db.close()
@@ -60,7 +62,8 @@ class Ledger:
                                                                        row["cycle"]))}
             states[row["agent"]] = AgentState(row["agent"], row["cycle"], row["task"],
                                               row["progress"], row["changed_at"],
-                                              bool(row["stalled"]), frozenset(kinds))
+                                              bool(row["stalled"]), frozenset(kinds),
+                                              row["cycle_task"] or row["task"])
         return states
 
     def save(self, state: AgentState, due: list[tuple[str, str, float]]) -> list[dict]:
@@ -70,11 +73,13 @@ class Ledger:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
-                "INSERT INTO agents VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(agent) DO UPDATE SET "
+                "INSERT INTO agents (agent, cycle, task, progress, changed_at, stalled, cycle_task)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent) DO UPDATE SET "
                 "cycle = excluded.cycle, task = excluded.task, progress = excluded.progress, "
-                "changed_at = excluded.changed_at, stalled = excluded.stalled",
+                "changed_at = excluded.changed_at, stalled = excluded.stalled, "
+                "cycle_task = excluded.cycle_task",
                 (state.agent, state.cycle, state.task, state.progress, state.changed_at,
-                 int(state.stalled)))
+                 int(state.stalled), state.cycle_task))
             for kind, nxt, now in due:
                 row = {"agent": state.agent, "cycle": state.cycle, "kind": kind,
                        "task": state.task, "next_agent": nxt, "progress": state.progress,

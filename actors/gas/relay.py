@@ -13,9 +13,10 @@ Rules: a new ``current_task`` starts a new cycle (nothing of the old one is sent
 threshold can fire once more); progress that goes back in the same task changes the stage but
 never re-sends a threshold of that cycle; a jump sends every threshold it passes, in order,
 once each; a repeat sends nothing and does not restart the stall timer; a missing progress
-keeps the last one; no task is ``IDLE``. An agent working on a task below 100 % whose progress
-has not changed for ``stall_after_s`` is ``STALLED`` (reported once) until its progress or task
-changes, or it is unstalled.
+keeps the last one; no task is ``IDLE``, and the same task coming back after it resumes its
+cycle (nothing is sent again; the stall timer restarts). An agent working on a task below
+100 % whose progress has not changed for ``stall_after_s`` is ``STALLED`` (reported once)
+until its progress or task changes, or it is unstalled.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class AgentState:
     stalled: bool = False
     sent: frozenset[str] = field(default_factory=frozenset)
     """Gas kinds already due in this cycle (sent, or being sent)."""
+    cycle_task: str | None = None
+    """The task the cycle belongs to; unlike ``task`` it is kept while IDLE."""
 
 
 def observe(state: AgentState, task: str | None, progress: float | None,
@@ -44,8 +47,12 @@ def observe(state: AgentState, task: str | None, progress: float | None,
     """The state after seeing (task, progress), and the gas kinds due now, in order."""
     if not task:
         return replace(state, task=None, stalled=False), []
-    if task != state.task:
-        state = AgentState(state.agent, state.cycle + 1, task, 0.0, now)
+    if task != state.cycle_task:
+        state = AgentState(state.agent, state.cycle + 1, task, 0.0, now, cycle_task=task)
+    elif task != state.task:
+        # Back from IDLE (a status file without a task, e.g. rewritten by another tool) to
+        # the same task: a new cycle here re-sent every threshold already sent for it.
+        state = replace(state, task=task, changed_at=now)
     if progress is None:
         progress = state.progress
     if progress != state.progress:

@@ -10,7 +10,6 @@ the notification path (kind ``gas``); a stall raises an alert and nudges the age
 """
 from __future__ import annotations
 
-import string
 import time
 from pathlib import Path
 
@@ -21,37 +20,20 @@ from actors.gas.agentfiles import StatusFiles, check_agent
 from actors.gas.brain import Brain
 from actors.gas.ledger import Ledger, gas_id
 from system import protocol
-from system.errors import ConfigError, PermanentError
+from system.errors import PermanentError
 from system.service import ServiceActor, handles
 
-PLACEHOLDERS = frozenset({"agent", "next_agent", "task", "progress", "learnings"})
 PRIORITY = {"prepare": "normal", "ready": "high", "go": "urgent", "nudge": "high"}
 ENQUEUE_TIMEOUT_S = 10.0
 
 
-def check_templates(templates: dict) -> list[str]:
-    """Config errors of ``services.gas.templates``, by key path (unknown placeholders, positional
-    or attribute fields, broken braces).
-
-    >>> check_templates({"go": "GO {next_agent}", "nudge": "{agent.x} {foo}"})
-    ['services.gas.templates.nudge: {agent.x}: only plain names', \
-'services.gas.templates.nudge: unknown placeholder {foo}']
-    """
-    errors = []
-    for kind, text in sorted(templates.items()):
-        where = f"services.gas.templates.{kind}"
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
-        except ValueError as exc:
-            errors.append(f"{where}: {exc}")
-            continue
-        for name in fields:
-            if not name.isidentifier():
-                errors.append(f"{where}: {{{name}}}: only plain names"
-                              if name else f"{where}: {{}} needs a name")
-            elif name not in PLACEHOLDERS:
-                errors.append(f"{where}: unknown placeholder {{{name}}}")
-    return errors
+def template_values(row: dict, learnings: list[dict]) -> dict[str, str]:
+    """What a template's placeholders are filled with: the names the schema allows in
+    ``services.gas.templates`` (``x-placeholders``), which the config load checks."""
+    return {"agent": row["agent"], "next_agent": row["next_agent"],
+            "task": row["task"] or "(no task)", "progress": f"{row['progress']:g}",
+            "learnings": "\n".join(f"- {e['title']}: {e['content'][:300]}" for e in learnings)
+            or "(the swarm brain has no learnings yet)"}
 
 
 class GasService(ServiceActor):
@@ -60,9 +42,8 @@ class GasService(ServiceActor):
     def on_start(self) -> None:
         cfg = self.service_config()
         self.templates = dict(cfg.get("templates") or {})
-        if errors := check_templates(self.templates):
-            raise ConfigError(errors)
         self.poll_s = float(cfg.get("poll_s", 1.0))
+        self.tick_s = min(type(self).tick_s, self.poll_s)  # on_tick aims it at the next poll
         self.stall_after_s = float(cfg.get("stall_after_s", 600.0))
         self.names = list(self.config.get("agents", {}).get("names", []))
         data = Path(self.config["system"]["data_dir"])
@@ -87,7 +68,9 @@ class GasService(ServiceActor):
     def on_tick(self) -> None:
         now = time.time()
         if now >= self.next_poll:
-            self.next_poll = now + self.poll_s
+            # a fixed cadence: the polls' own duration (and the tick's) must not stretch it
+            on_time = now - self.next_poll < self.poll_s  # not the first poll, nor far behind
+            self.next_poll = self.next_poll + self.poll_s if on_time else now + self.poll_s
             for agent in self.files.agents(self.names):
                 reading = self.files.changed(agent)
                 if reading is None:
@@ -101,6 +84,7 @@ class GasService(ServiceActor):
                 self.apply(agent, reading.task, reading.progress, now)
             self._check_stalls(now)
         self._flush()
+        self.tick_s = max(0.01, min(type(self).tick_s, self.next_poll - time.time()))
 
     def apply(self, agent: str, task: str | None, progress: float | None, now: float) -> None:
         before = self.states.get(agent) or relay.AgentState(agent)
@@ -133,12 +117,8 @@ class GasService(ServiceActor):
 
     # -- sending ------------------------------------------------------------------------------
     def _text(self, row: dict) -> str:
-        values = {"agent": row["agent"], "next_agent": row["next_agent"],
-                  "task": row["task"] or "(no task)", "progress": f"{row['progress']:g}",
-                  "learnings": "\n".join(f"- {e['title']}: {e['content'][:300]}"
-                                          for e in self.brain.latest("learning", 3))
-                  or "(the swarm brain has no learnings yet)"}
-        return self.templates[row["kind"]].format(**values)
+        return self.templates[row["kind"]].format(
+            **template_values(row, self.brain.latest("learning", 3)))
 
     def _flush(self) -> None:
         rows = [r for m, r in self.outbox.items() if m not in self.in_flight]

@@ -144,8 +144,8 @@ def main() -> None:
         ("bare discord.py bot !ping, median / p95", line("peer_ping")),
         ("swarm !status", line("status")),
         ("swarm !message (queue commit)", line("message")),
-        (f"{BURST} alerts in one burst", f"{r['burst_posts']} posts in {r['burst_seconds']} s, "
-                                         f"{r['burst_lost']} lost"),
+        (f"{BURST} alerts in one burst",
+         f"{r['burst_posts']} posts in {r['burst_seconds']} s, {r['burst_lost']} lost"),
     ])
 
 

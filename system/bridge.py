@@ -28,6 +28,7 @@ import itertools
 import logging
 import queue
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,6 +45,23 @@ class _ToActor(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.bridge.post((LOG_EVENT, record))
+
+
+def _loggers_named(name: str) -> list[logging.Logger]:
+    """The logger ``name`` of every logging tree its library's loggers hang off.
+
+    Thespian gives each actor process a new ``logging.Manager`` once it is forked (a new root
+    that forwards to its logger process), so a library imported before the fork, in the parent,
+    keeps module-level loggers of the parent's tree: ``logging.getLogger(name)`` would return
+    a logger none of them reports to, and their records (DEBUG too: the old root lets all of
+    them through) would go on to the logger process one message each."""
+    managers = {id(logging.Logger.manager): logging.Logger.manager}
+    for module_name, module in list(sys.modules.items()):
+        if module_name == name or module_name.startswith(name + "."):
+            for value in list(vars(module).values()):
+                if isinstance(value, logging.Logger) and not isinstance(value, logging.RootLogger):
+                    managers.setdefault(id(value.manager), value.manager)
+    return [manager.getLogger(name) for manager in managers.values()]
 
 
 class AsyncBridge:
@@ -111,13 +129,15 @@ class AsyncBridge:
         self.post((LOG_EVENT, (level, event, msg, fields)))
 
     def capture_logs(self, *names: str, level: int = logging.INFO) -> None:
-        """Send the records of these loggers (and their children) through the actor."""
+        """Send the records of these loggers (and their children) through the actor; records
+        below ``level`` are not even made (they would cross to the logger process to be
+        dropped there)."""
         handler = _ToActor(self)
         for name in names:
-            logger = logging.getLogger(name)
-            logger.handlers = [handler]
-            logger.setLevel(level)
-            logger.propagate = False
+            for logger in _loggers_named(name):
+                logger.handlers = [handler]
+                logger.setLevel(level)
+                logger.propagate = False
 
     async def ask(self, request: Any, timeout: float) -> Any:
         """On the loop: post ``("ask", rid, request)`` to the actor and wait for its
@@ -137,8 +157,11 @@ class AsyncBridge:
             future = self._waiting.get(rid)
             if future is not None and not future.done():
                 future.set_result(result)
+        loop = self.loop
+        if loop is None:  # never started: nobody asked
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self.loop.call_soon_threadsafe(resolve)
+            loop.call_soon_threadsafe(resolve)
 
     def call(self, coro: Awaitable) -> Any:
         """From the actor: schedule a coroutine on the client's loop (returns a Future)."""

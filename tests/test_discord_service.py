@@ -315,3 +315,34 @@ def test_gas_milestones_reach_the_status_channel_and_gas_commands_work(make_swar
     assert "HANDOFF 91%" in reply_text(sim, sim.slash(OPS, VIEWER, "gas"))
     assert "Nudged Agent-1" in reply_text(sim, sim.slash(OPS, OPERATOR, "unstall",
                                                          {"agent": "Agent-1"}))
+
+
+def test_in_a_direct_message_only_user_id_rules_count_and_server_commands_are_refused(
+        make_swarm, sim, monkeypatch):
+    monkeypatch.setenv("TEST_DISCORD_TOKEN", TOKEN)
+    by_id = 705
+    sim.add_member(by_id, "uma")  # no roles: an admin by user id only
+    block = discord_block(sim)
+    block["permissions"] = {"admins": {"roles": [ADMIN_ROLE], "users": [by_id]},
+                            "operators": {"roles": [OPERATOR_ROLE]}}
+    swarm = make_swarm({"services": {"queue": {"enabled": True}, "discord": block},
+                        "agents": {"names": ["Agent-1"]}})
+    swarm.start()
+    sim.wait_ready(timeout=15)
+    swarm.wait_for(lambda s: s["services"]["discord"]["health"] == "ok", what="discord ok")
+
+    def answer(user: int, text: str) -> dict:
+        sent = sim.dm(user, text)
+        return sim.wait_post(int(sent["channel_id"]), lambda m: (m.get(
+            "message_reference") or {}).get("message_id") == sent["id"], timeout=15)
+
+    assert "queue" in json.dumps(answer(VIEWER, "!status")["embeds"])  # viewers: everyone
+    # an operator by role is only a viewer here: Discord sends no roles with a DM
+    assert "needs the operator role" in answer(OPERATOR, "!message Agent-1 hi")["content"]
+    assert "needs the operator role" in answer(OPERATOR, "Agent-1: hi")["content"]
+    assert "Queued for Agent-1" in answer(by_id, "!message Agent-1 from a DM")["content"]
+    for command in ("!panel", f"!permissions {OPERATOR}"):
+        assert "not in direct messages" in answer(by_id, command)["content"]
+    assert "panel" not in answer(by_id, "!help")["content"]
+    log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    assert '"event": "command_error"' not in log and "Traceback" not in log

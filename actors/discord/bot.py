@@ -28,6 +28,8 @@ from actors.discord.settings import Settings
 from system.permissions import Decision, Policy
 
 Priority = Literal["urgent", "high", "normal", "low"]
+# Commands about the server itself: in a direct message they are refused with one line.
+GUILD_ONLY = frozenset({"permissions", "panel"})
 
 
 class Refused(commands.CheckFailure):
@@ -45,6 +47,8 @@ def needs(command: str):
                                      else "prefix", where=ctx.guild)
         if not decision.allowed:
             raise Refused(decision.refusal(command))
+        if ctx.guild is None and command in GUILD_ONLY:
+            raise Refused(f"`{command}` works in a server channel, not in direct messages.")
         return True
     return commands.check(predicate)
 
@@ -55,6 +59,7 @@ class SwarmBot(commands.Bot):
     def __init__(self, settings: Settings, bridge, **kw):
         intents = discord.Intents.none()
         intents.guilds = intents.guild_messages = intents.message_content = True
+        intents.dm_messages = True  # commands in a DM: the policy decides by user id
         super().__init__(command_prefix=settings.prefix, intents=intents, help_command=None,
                          chunk_guilds_at_startup=False, guild_ready_timeout=0.5,
                          allowed_mentions=discord.AllowedMentions.none(), max_messages=200, **kw)
@@ -95,9 +100,14 @@ class SwarmBot(commands.Bot):
     # -- permissions ------------------------------------------------------------------------
     def authorize(self, user: discord.abc.User, command: str, *, via: str,
                   where: discord.Guild | None = None) -> Decision:
-        """The one check of every path; a refusal is logged with the user id."""
+        """The one check of every path; a refusal is logged with the user id. In a direct
+        message (``where`` None) there are no roles: only rules naming the user (or
+        ``everyone``) can grant anything."""
         who = principal_of(user)
-        if where is None or (self.settings.guild_ids and where.id not in self.settings.guild_ids):
+        if where is None:
+            who = who._replace(roles=())
+        if where is not None and self.settings.guild_ids \
+                and where.id not in self.settings.guild_ids:
             decision = Decision(False, None, COMMANDS.get(command),
                                 "outside the configured guilds")
         else:
@@ -248,8 +258,12 @@ class SwarmCommands(commands.Cog, name="Swarm"):
     @commands.hybrid_command(name="help", description="What you may run")
     @needs("help")
     async def help_(self, ctx: commands.Context) -> None:
-        allowed = self.bot.policy.allowed_commands(principal_of(ctx.author))
-        role = self.bot.policy.role_of(principal_of(ctx.author))[0]
+        who = principal_of(ctx.author)
+        if ctx.guild is None:  # a DM: no roles, and no server commands
+            who = who._replace(roles=())
+        allowed = [c for c in self.bot.policy.allowed_commands(who)
+                   if ctx.guild is not None or c not in GUILD_ONLY]
+        role = self.bot.policy.role_of(who)[0]
         lines = [f"You are a **{role}**. You may run:"] + [
             f"• `{self.bot.settings.prefix}{c}`: {HELP[c]}" for c in allowed]
         if self.bot.settings.forward_plain_text and "message" in allowed:

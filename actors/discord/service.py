@@ -9,10 +9,11 @@
         permissions: {admins: {roles: [345678901234567890]}, operators: {users: [...]}}
 
 The actor holds the config and the connection state (its health), answers the bot's requests by
-asking the admin actor (found in the registry for each request: it may have restarted), and
-hands notifications (alerts, state changes, gas milestones: it is a sink in ``alerts.sinks``)
-to the status channel's poster. Without a token it is ``disabled``; a final gateway failure (bad
-token, missing intent) parks it in ``failed`` with the reason, never in a restart loop.
+asking the admin actor (its address cached, checked against the registry on each request: it may
+have restarted), and hands notifications (alerts, state changes, gas milestones: it is a sink
+in ``alerts.sinks``) to the status channel's poster. Without a token it is ``disabled``; a final
+gateway failure (bad token, missing intent) parks it in ``failed`` with the reason, never in a
+restart loop.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class DiscordService(ServiceActor):
         self.connection: dict = {"state": "connecting"}
         self.latency: float | None = None
         self.bridge = AsyncBridge()
+        self.admin_addr: str | None = None  # cached; checked by a lookup on every request
         self.poster = runner.StatusPoster(self.settings, self.bridge)
         self.bridge.start(self._client, name="discord")
 
@@ -69,27 +71,51 @@ class DiscordService(ServiceActor):
             self.send(self.myAddress, ActorExitRequest())
 
     def _ask(self, rid: int, request: dict) -> None:
-        """A bot request for the admin actor; the answer goes back through the bridge."""
+        """A bot request for the admin actor; the answer goes back through the bridge.
+
+        The admin's address is cached: the request goes straight there, and the registry lookup
+        that used to come first runs alongside to check the cache. When the admin has moved (a
+        restart: what went to the old address is lost without a word from Thespian) the request
+        goes again to the new one; with nothing cached it waits for the lookup. (A second copy
+        could reach an admin only if the old one took the request just before it exited and
+        its successor registered before the registry answered this lookup.)"""
         mtype = protocol.TYPES.get(request.get("type", ""))
         if mtype is None or not mtype.name.startswith("admin."):
             self.bridge.answer(rid, _error("bad_request", f"not an admin request: {mtype}"))
             return
+        answered = False
+
+        def answer(result: dict) -> None:
+            nonlocal answered
+            if not answered:  # the copy sent to a moved admin timing out, or a late reply
+                answered = True
+                self.bridge.answer(rid, result)
 
         def done(reply) -> None:
             if reply is None:
-                self.bridge.answer(rid, _error("timeout", "The swarm did not answer in time."))
+                self.admin_addr = None  # look it up before the next request
+                answer(_error("timeout", "The swarm did not answer in time."))
             elif reply.t == "error":
-                self.bridge.answer(rid, _error(reply.b["code"], reply.b["detail"]))
+                answer(_error(reply.b["code"], reply.b["detail"]))
             else:
-                self.bridge.answer(rid, {"ok": reply.b})
+                answer({"ok": reply.b})
+
+        def send_to(addr: str) -> None:
+            self.request(protocol.address_from_wire(addr), mtype, request["body"], done,
+                         ADMIN_TIMEOUT_S)
+
+        cached = self.admin_addr
+        if cached:
+            send_to(cached)
 
         def with_admin(found) -> None:
             if found is None or found.t == "error" or not found.b.get("addr"):
-                self.bridge.answer(rid, _error("not_ready",
-                                               "The swarm's admin is restarting; try again."))
+                if not cached:  # else the cached admin may still answer (or time out)
+                    answer(_error("not_ready", "The swarm's admin is restarting; try again."))
                 return
-            self.request(protocol.address_from_wire(found.b["addr"]), mtype, request["body"],
-                         done, ADMIN_TIMEOUT_S)
+            self.admin_addr = found.b["addr"]
+            if self.admin_addr != cached and not answered:
+                send_to(self.admin_addr)
 
         self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
                      {"name": "admin"}, with_admin, 3.0)

@@ -28,6 +28,7 @@ GUILDS = 1 << 0
 GUILD_MEMBERS = 1 << 1
 GUILD_PRESENCES = 1 << 8
 GUILD_MESSAGES = 1 << 9
+DIRECT_MESSAGES = 1 << 12
 MESSAGE_CONTENT = 1 << 15
 PRIVILEGED_INTENTS = GUILD_MEMBERS | GUILD_PRESENCES | MESSAGE_CONTENT
 ALL_INTENTS = (1 << 26) - 1
@@ -260,10 +261,14 @@ class Gateway:
 
     def _visible(self, session: _Session, event: str, data: dict) -> dict | None:
         needed = EVENT_INTENTS.get(event, 0)
+        direct = event.startswith("MESSAGE_") and "guild_id" not in data
+        if direct:  # a DM: its own intent, and its content is always sent
+            needed = DIRECT_MESSAGES
         if needed and not session.intents & needed:
             return None
         data = copy.deepcopy(data)  # a snapshot: later edits must not change a replay
-        if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE") and not session.intents & MESSAGE_CONTENT:
+        if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE") and not direct \
+                and not session.intents & MESSAGE_CONTENT:
             bot = str(self.sim.bot_user_id)
             mentioned = any(user.get("id") == bot for user in data.get("mentions", []))
             if data.get("author", {}).get("id") != bot and not mentioned:

@@ -63,6 +63,7 @@ class GuildState:
         self._members: dict[int, dict] = {}      # user id -> {"roles", "nick", "joined_at"}
         self._roles: dict[int, dict] = {}
         self._channels: dict[int, dict] = {}
+        self._dms: dict[int, dict] = {}          # user id -> their DM channel with the bot
         self._messages: dict[str, dict] = {}     # every message, ephemeral ones too
         self._history: dict[int, list[str]] = {}  # visible message ids per channel, in order
         self._commands: dict[int | None, list[dict]] = {}  # guild id (None: global) -> commands
@@ -136,8 +137,13 @@ class GuildState:
             "nsfw_level": 0, "premium_tier": 0, "system_channel_id": None,
         }
 
+    def _channel_object(self, channel_id: int) -> dict | None:
+        """A guild channel, or a DM channel (type 1, no guild)."""
+        return self._channels.get(channel_id) or next(
+            (dm for dm in self._dms.values() if int(dm["id"]) == channel_id), None)
+
     def _require(self, channel_id: int | None, user_id: int) -> None:
-        if channel_id is not None and channel_id not in self._channels:
+        if channel_id is not None and self._channel_object(channel_id) is None:
             raise LookupError(f"no channel {channel_id}: add_channel first")
         if user_id not in self._members:
             raise LookupError(f"user {user_id} is not a member: add_member first")
@@ -166,6 +172,8 @@ class GuildState:
 
     def _event_message(self, message: dict) -> dict:
         author = int(message["author"]["id"])
+        if int(message["channel_id"]) not in self._channels:  # a DM: no guild, no member
+            return copy.deepcopy(message)
         event = message | {"guild_id": str(self.guild_id)}
         if author in self._members:
             event["member"] = self._member_object(author, with_user=False)

@@ -127,7 +127,7 @@ class RestApi:
 
     def _channel_of(self, request: web.Request) -> int:
         channel_id = int(request.match_info["cid"])
-        if channel_id not in self._channels:
+        if self._channel_object(channel_id) is None:
             raise _Refused(404, 10003, "Unknown Channel")
         return channel_id
 
@@ -164,7 +164,7 @@ class RestApi:
         return _json(self._member_object(user_id))
 
     async def _channel(self, request: web.Request) -> web.Response:
-        return _json(self._channels[self._channel_of(request)])
+        return _json(self._channel_object(self._channel_of(request)))
 
     async def _typing(self, request: web.Request) -> web.Response:
         self._channel_of(request)
@@ -222,10 +222,12 @@ class RestApi:
         if reference:
             referenced = self._messages.get(str(reference.get("message_id")))
             if referenced is not None:
+                reference = {"type": 0, "message_id": referenced["id"],
+                             "channel_id": referenced["channel_id"]}
+                if channel_id in self._channels:  # not in a DM
+                    reference["guild_id"] = str(self.guild_id)
                 message.update(type=19, referenced_message=copy.deepcopy(referenced),
-                               message_reference={"type": 0, "message_id": referenced["id"],
-                                                  "channel_id": referenced["channel_id"],
-                                                  "guild_id": str(self.guild_id)})
+                               message_reference=reference)
             elif reference.get("fail_if_not_exists", True):
                 raise _Refused(400, 50035, "Invalid Form Body (message_reference: Unknown "
                                            "message)")

@@ -193,6 +193,21 @@ class SimDiscord(RestApi, GuildState):
         await self._post(message)
         return copy.deepcopy(message)
 
+    async def dm(self, user_id: int, content: str) -> dict:
+        """A member writes ``content`` to the bot in a direct message (their DM channel is
+        opened on first use; MESSAGE_CREATE without a guild, needing DIRECT_MESSAGES). The
+        message's ``channel_id`` is where the bot's answers appear (``wait_post``)."""
+        self._require(None, user_id)
+        if user_id not in self._dms:
+            channel_id = self._snowflake()
+            self._dms[user_id] = {"id": str(channel_id), "type": 1, "last_message_id": None,
+                                  "recipients": [self._user_object(user_id)], "flags": 0}
+            self._history[channel_id] = []
+        message = self._new_message(int(self._dms[user_id]["id"]), user_id,
+                                    {"content": content}, [])
+        await self._post(message)
+        return copy.deepcopy(message)
+
     async def slash(self, channel_id: int, user_id: int, name: str,
                     options: dict[str, Any] | None = None) -> str:
         """A member runs a registered slash command; ``name`` may name a subcommand
@@ -435,7 +450,7 @@ class SimDiscord(RestApi, GuildState):
         channel_id = int(message["channel_id"])
         self._messages[message["id"]] = message
         self._history[channel_id].append(message["id"])
-        self._channels[channel_id]["last_message_id"] = message["id"]
+        self._channel_object(channel_id)["last_message_id"] = message["id"]
         self._changed()
         await self.gateway.dispatch("MESSAGE_CREATE", self._event_message(message))
 
@@ -459,9 +474,10 @@ class SimDiscord(RestApi, GuildState):
         channel_id = int(message["channel_id"])
         if self._visible(message):
             self._history[channel_id].remove(message["id"])
-            await self.gateway.dispatch("MESSAGE_DELETE", {
-                "id": message["id"], "channel_id": message["channel_id"],
-                "guild_id": str(self.guild_id)})
+            event = {"id": message["id"], "channel_id": message["channel_id"]}
+            if channel_id in self._channels:  # not a DM
+                event["guild_id"] = str(self.guild_id)
+            await self.gateway.dispatch("MESSAGE_DELETE", event)
         self._changed()
 
     async def _interact(self, kind: int, channel_id: int, user_id: int, data: dict,
@@ -546,6 +562,9 @@ class SimDiscordThread:
     # what users do
     def message(self, channel_id: int, user_id: int, content: str) -> dict:
         return self._run(self.sim.message(channel_id, user_id, content))
+
+    def dm(self, user_id: int, content: str) -> dict:
+        return self._run(self.sim.dm(user_id, content))
 
     def slash(self, channel_id: int, user_id: int, name: str,
               options: dict[str, Any] | None = None) -> str:

@@ -4,8 +4,8 @@ into, on the client's loop, and the actor side that answers them.
 A chat service is a thin actor (:class:`ChatService`) whose client runs on an asyncio loop
 behind an :class:`~system.bridge.AsyncBridge`. A command, once the service's permission check
 passed, calls :class:`AdminClient`: each call is a bridge ``ask`` that the actor turns into the
-admin request the CLI sends (found in the registry for each request: the admin may have
-restarted), carrying the principal, so CLI and chat share one audit trail::
+admin request the CLI sends (to the admin's cached address, checked against the registry on
+each request: the admin may have restarted), carrying the principal, so CLI and chat share one audit trail::
 
     admin = AdminClient(bridge, agents=["Agent-1"], platform="twitch")
     queue_id = await admin.send(who, "Agent-1", "rerun the tests")   # ActionFailed: one line
@@ -92,8 +92,8 @@ class AdminClient:
             raise ActionFailed(f"Not queued: {reply['rejected'][0][1]}")
         return reply["ids"][0]
 
-    async def broadcast(self, who: Principal, text: str, priority: str | None = None,
-                        sender: str | None = None) -> tuple[int, int, str]:
+    async def send_to_all(self, who: Principal, text: str, priority: str | None = None,
+                          sender: str | None = None) -> tuple[int, int, str]:
         """One message to every configured agent, in one batch: (accepted, total, why the
         rest were not queued)."""
         if not self.agents:
@@ -107,7 +107,7 @@ class AdminClient:
         """A gas pipeline or brain request (``admin.gas``: status, unstall, brain_*)."""
         return await self.call(who, "admin.gas", {"op": op, **(body or {})})
 
-    async def unstall(self, who: Principal, agent: str) -> str:
+    async def nudge(self, who: Principal, agent: str) -> str:
         """Nudge a stalled agent; its name."""
         reply = await self.gas(who, "unstall", {"agent": self.agent(agent)})
         return reply.get("agent", agent)
@@ -117,6 +117,8 @@ class ChatService(ServiceActor):
     """The actor side of a chat service: answers the client's asks through the admin actor,
     parks the service on a final failure, and restarts it when its client loop died. Other
     client events go to :meth:`on_client_event`."""
+
+    admin_addr: str | None = None  # cached; checked by a registry lookup on every request
 
     def on_event(self, event) -> None:
         kind, value = event[0], event[1:]
@@ -135,28 +137,60 @@ class ChatService(ServiceActor):
     def on_client_event(self, kind: str, *value) -> None:
         pass
 
+    def connection_changed(self, platform: str, state: dict) -> None:
+        """Keep the client's connection state (health reads it), logging each change once."""
+        if state.get("state") != self.connection.get("state"):
+            self.log("info" if state["state"] == "ready" else "warning", "connection",
+                     f"{platform} {state['state']}" + (f": {state['reason']}"
+                                                       if state.get("reason") else ""))
+        self.connection = state
+
     def _ask(self, rid: int, request: dict) -> None:
-        """A client request for the admin actor; the answer goes back through the bridge."""
+        """A client request for the admin actor; the answer goes back through the bridge.
+
+        The admin's address is cached: the request goes straight there, and the registry lookup
+        runs alongside to check the cache. When the admin has moved (a restart: what went to
+        the old address is lost without a word from Thespian) the request goes again to the
+        new one; with nothing cached it waits for the lookup. (A second copy could reach an
+        admin only if the old one took the request just before it exited and its successor
+        registered before the registry answered this lookup.)"""
         mtype = protocol.TYPES.get(request.get("type", ""))
         if mtype is None or not mtype.name.startswith("admin."):
             self.bridge.answer(rid, _error("bad_request", f"not an admin request: {mtype}"))
             return
+        answered = False
+
+        def answer(result: dict) -> None:
+            nonlocal answered
+            if not answered:  # the copy sent to a moved admin timing out, or a late reply
+                answered = True
+                self.bridge.answer(rid, result)
 
         def done(reply) -> None:
             if reply is None:
-                self.bridge.answer(rid, _error("timeout", "The swarm did not answer in time."))
+                self.admin_addr = None  # look it up before the next request
+                answer(_error("timeout", "The swarm did not answer in time."))
             elif reply.t == "error":
-                self.bridge.answer(rid, _error(reply.b["code"], reply.b["detail"]))
+                answer(_error(reply.b["code"], reply.b["detail"]))
             else:
-                self.bridge.answer(rid, {"ok": reply.b})
+                answer({"ok": reply.b})
+
+        def send_to(addr: str) -> None:
+            self.request(protocol.address_from_wire(addr), mtype, request["body"], done,
+                         ADMIN_TIMEOUT_S)
+
+        cached = self.admin_addr
+        if cached:
+            send_to(cached)
 
         def with_admin(found) -> None:
             if found is None or found.t == "error" or not found.b.get("addr"):
-                self.bridge.answer(rid, _error("not_ready",
-                                               "The swarm's admin is restarting; try again."))
+                if not cached:  # else the cached admin may still answer (or time out)
+                    answer(_error("not_ready", "The swarm's admin is restarting; try again."))
                 return
-            self.request(protocol.address_from_wire(found.b["addr"]), mtype, request["body"],
-                         done, ADMIN_TIMEOUT_S)
+            self.admin_addr = found.b["addr"]
+            if self.admin_addr != cached and not answered:
+                send_to(self.admin_addr)
 
         self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
                      {"name": "admin"}, with_admin, 3.0)

@@ -14,9 +14,12 @@ from typing import NamedTuple
 
 import discord
 
+from actors.chat import PRIORITIES, ActionFailed, AdminClient
 from actors.discord import render
-from actors.queue.commands import text_item
 from system.permissions import Principal
+
+__all__ = ["COMMANDS", "HELP", "PRIORITIES", "ActionFailed", "Actions", "Reply",
+           "plain_message", "principal_of"]
 
 # The least role of each command; `help` lists a user's own, the policy refuses the rest.
 COMMANDS: dict[str, str] = {
@@ -39,18 +42,12 @@ HELP = {
     "permissions": "`permissions USER [COMMAND]`: who may run what, and why",
     "panel": "post the control panel",
 }
-PRIORITIES = ("urgent", "high", "normal", "low")
-ASK_TIMEOUT_S = 14.0  # the admin gives up on its own hops after 10 s
 _PLAIN = re.compile(r"^\s*@?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:\s*(\S.*)$", re.DOTALL)
 
 
 class Reply(NamedTuple):
     content: str | None = None
     embed: discord.Embed | None = None
-
-
-class ActionFailed(Exception):
-    """The admin refused or did not answer: one line for the user."""
 
 
 def principal_of(user: discord.abc.User) -> Principal:
@@ -75,23 +72,11 @@ def plain_message(text: str, agents: list[str]) -> tuple[str, str] | None:
     return (agent, match.group(2).strip()) if agent else None
 
 
-class Actions:
-    """Requests to the admin actor through the bridge, and their rendering."""
+class Actions(AdminClient):
+    """The admin requests of :class:`~actors.chat.AdminClient`, rendered for Discord."""
 
     def __init__(self, bridge, agents: list[str]):
-        self.bridge = bridge
-        self.agents = agents
-
-    async def call(self, who: Principal, mtype: str, body: dict | None = None) -> dict:
-        try:
-            answer = await self.bridge.ask({"type": mtype, "body": {
-                **(body or {}), "principal": who.label}}, ASK_TIMEOUT_S)
-        except TimeoutError:
-            raise ActionFailed("The swarm did not answer in time; it may still be working on "
-                               "it (check `status`).") from None
-        if "error" in answer:
-            raise ActionFailed(answer["error"]["detail"])
-        return answer["ok"]
+        super().__init__(bridge, agents, platform="discord")
 
     async def status(self, who: Principal, service: str | None = None) -> Reply:
         status = await self.call(who, "admin.status")
@@ -121,38 +106,15 @@ class Actions:
             return Reply(f"Not a dead letter: `{target}`.")
         return Reply(f"Requeued {reply['requeued']}.")
 
-    def _agent(self, name: str) -> str:
-        by_fold = {a.casefold(): a for a in self.agents}
-        if name.casefold() not in by_fold:
-            raise ActionFailed(f"No agent named `{name}`. Agents: {', '.join(self.agents)}.")
-        return by_fold[name.casefold()]
-
     async def message(self, who: Principal, agent: str, text: str,
                       priority: str | None = None) -> Reply:
-        agent = self._agent(agent)
-        item = self._item(who, agent, text, priority)
-        reply = await self.call(who, "admin.send", {"items": [item]})
-        if reply["rejected"]:
-            return Reply(f"Not queued: {reply['rejected'][0][1]}")
-        return Reply(f"Queued for {agent}: `{reply['ids'][0]}`")
+        agent = self.agent(agent)
+        return Reply(f"Queued for {agent}: `{await self.send(who, agent, text, priority)}`")
 
     async def broadcast(self, who: Principal, text: str, priority: str | None = None) -> Reply:
-        if not self.agents:
-            return Reply("No agents are configured (agents.names).")
-        items = [self._item(who, agent, text, priority) for agent in self.agents]
-        reply = await self.call(who, "admin.send", {"items": items})
-        rejected = "; ".join(f"{self.agents[i]}: {why}" for i, why in reply["rejected"])
-        return Reply(f"Queued for {len(reply['accepted'])} of {len(items)} agents."
+        accepted, total, rejected = await self.send_to_all(who, text, priority)
+        return Reply(f"Queued for {accepted} of {total} agents."
                      + (f" Not queued: {rejected}" if rejected else ""))
-
-    @staticmethod
-    def _item(who: Principal, agent: str, text: str, priority: str | None) -> dict:
-        if not text.strip():
-            raise ActionFailed("The message is empty.")
-        if priority is not None and priority not in PRIORITIES:
-            raise ActionFailed(f"Priority must be one of {', '.join(PRIORITIES)}.")
-        return text_item(agent, text, priority=priority, sender=who.label,
-                         headers=[f"Via=discord {who.label}"])
 
     async def restart(self, who: Principal, service: str) -> Reply:
         reply = await self.call(who, "admin.restart", {"name": service})
@@ -169,13 +131,8 @@ class Actions:
         changed += [k for k in ("supervision", "health", "alerts", "agents") if summary.get(k)]
         return Reply("Config reloaded: " + ("; ".join(changed) or "system settings") + ".")
 
-    async def gas(self, who: Principal, op: str, body: dict | None = None) -> dict:
-        """A gas pipeline or brain request (``admin.gas``: status, unstall, brain_*)."""
-        return await self.call(who, "admin.gas", {"op": op, **(body or {})})
-
     async def unstall(self, who: Principal, agent: str) -> Reply:
-        reply = await self.gas(who, "unstall", {"agent": self._agent(agent)})
-        return Reply(f"Nudged {reply.get('agent', agent)}; its stall timer starts again.")
+        return Reply(f"Nudged {await self.nudge(who, agent)}; its stall timer starts again.")
 
     async def brain_search(self, who: Principal, query: str) -> Reply:
         reply = await self.gas(who, "brain_search", {"query": query, "limit": 5})

@@ -323,7 +323,7 @@ class SwarmCommands(commands.Component):
     @gate("broadcast")
     async def broadcast(self, ctx: commands.Context, *, text: str) -> None:
         who = self._who(ctx)
-        accepted, total, rejected = await self.bot.admin.broadcast(
+        accepted, total, rejected = await self.bot.admin.send_to_all(
             who, text, sender=f"twitch:{who.name}")
         self.bot.say(ctx, f"queued for {accepted} of {total} agents"
                      + (f"; not queued: {rejected}" if rejected else ""), Priority.CONFIRM)
@@ -331,7 +331,7 @@ class SwarmCommands(commands.Component):
     @commands.command()
     @gate("unstall")
     async def unstall(self, ctx: commands.Context, name: str) -> None:
-        agent = await self.bot.admin.unstall(self._who(ctx), name)
+        agent = await self.bot.admin.nudge(self._who(ctx), name)
         self.bot.say(ctx, f"nudged {agent}; its stall timer starts again", Priority.CONFIRM)
 
     @commands.command(name="help")

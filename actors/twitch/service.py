@@ -47,12 +47,7 @@ class TwitchService(ChatService):
 
     def on_client_event(self, kind: str, *value) -> None:
         if kind == "connection":
-            state = value[0]
-            if state.get("state") != self.connection.get("state"):
-                self.log("info" if state["state"] == "ready" else "warning", "connection",
-                         f"twitch {state['state']}" + (f": {state['reason']}"
-                                                       if state.get("reason") else ""))
-            self.connection = state
+            self.connection_changed("twitch", value[0])
         elif kind == "eventsub":
             self.eventsub = value[0]
         elif kind == "stats":

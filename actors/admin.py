@@ -111,9 +111,8 @@ class Admin(ServiceActor):
         self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": env.b["name"]},
                      self._answer(sender, env, "lookup"), REQUEST_TIMEOUT_S)
 
-    # -- service commands: the service is looked up in the registry for each one -------------
-    # (no cached address: after a restart of the queue a cached one is dead, and a request sent
-    # there is lost without a word from Thespian; the client would only see its timeout)
+    # -- service commands: sent to the service's cached address, checked against the registry
+    # on every request (ServiceActor.request_named: a restarted queue has a new address)
     def _to_service(self, service: str, sender, env, mtype: protocol.MessageType, body: dict,
                     what: str, audit: str | None = None) -> None:
         if self._not_ready(sender, env):
@@ -121,25 +120,21 @@ class Admin(ServiceActor):
         if audit:
             self._audit(env, audit)
 
-        def found(reply):
-            if reply is not None and reply.t == "error" and reply.b["code"] == "unknown_service":
+        def missing(lookup):
+            if lookup is not None and lookup.t == "error" \
+                    and lookup.b["code"] == "unknown_service":
                 self.reply_error(sender, env, f"{service}_unavailable",
                                  f"{_UNAVAILABLE[service]} is not configured")
-                return
-            if reply is None or reply.t == "error":
-                self._answer(sender, env, f"lookup of {service}")(reply)
-                return
-            state, addr = reply.b.get("state"), reply.b.get("addr")
-            if state != "running" or not addr:
+            elif lookup is None or lookup.t == "error":
+                self._answer(sender, env, f"lookup of {service}")(lookup)
+            else:
+                state = lookup.b.get("state")
                 code = "not_ready" if state in ("starting", "restarting") \
                     else f"{service}_unavailable"
                 self.reply_error(sender, env, code, f"{_UNAVAILABLE[service]} is {state}")
-                return
-            self.request(protocol.address_from_wire(addr), mtype, body,
-                         self._answer(sender, env, what), REQUEST_TIMEOUT_S)
 
-        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": service}, found,
-                     REQUEST_TIMEOUT_S)
+        self.request_named(service, mtype, body, self._answer(sender, env, what),
+                           REQUEST_TIMEOUT_S, missing)
 
     @handles(protocol.ADMIN_SEND)
     def _send(self, env, sender) -> None:
@@ -191,15 +186,7 @@ class Admin(ServiceActor):
 
     def _to_service_quiet(self, service: str, mtype, body: dict, done) -> None:
         """Ask a service found in the registry; ``done(None)`` if it is not there or silent."""
-        def found(reply):
-            addr = reply.b.get("addr") if reply is not None and reply.t != "error" else None
-            if not addr or reply.b.get("state") != "running":
-                done(None)
-                return
-            self.request(protocol.address_from_wire(addr), mtype, body, done, REQUEST_TIMEOUT_S)
-
-        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": service}, found,
-                     REQUEST_TIMEOUT_S)
+        self.request_named(service, mtype, body, done, REQUEST_TIMEOUT_S, lambda _: done(None))
 
     # -- configuration reload ---------------------------------------------------------------------
     def on_start(self) -> None:

@@ -118,7 +118,6 @@ class ChatService(ServiceActor):
     parks the service on a final failure, and restarts it when its client loop died. Other
     client events go to :meth:`on_client_event`."""
 
-    admin_addr: str | None = None  # cached; checked by a registry lookup on every request
 
     def on_event(self, event) -> None:
         kind, value = event[0], event[1:]
@@ -146,54 +145,24 @@ class ChatService(ServiceActor):
         self.connection = state
 
     def _ask(self, rid: int, request: dict) -> None:
-        """A client request for the admin actor; the answer goes back through the bridge.
-
-        The admin's address is cached: the request goes straight there, and the registry lookup
-        runs alongside to check the cache. When the admin has moved (a restart: what went to
-        the old address is lost without a word from Thespian) the request goes again to the
-        new one; with nothing cached it waits for the lookup. (A second copy could reach an
-        admin only if the old one took the request just before it exited and its successor
-        registered before the registry answered this lookup.)"""
+        """A client request for the admin actor (its address cached: ServiceActor.request_named);
+        the answer goes back through the bridge."""
         mtype = protocol.TYPES.get(request.get("type", ""))
         if mtype is None or not mtype.name.startswith("admin."):
             self.bridge.answer(rid, _error("bad_request", f"not an admin request: {mtype}"))
             return
-        answered = False
-
-        def answer(result: dict) -> None:
-            nonlocal answered
-            if not answered:  # the copy sent to a moved admin timing out, or a late reply
-                answered = True
-                self.bridge.answer(rid, result)
 
         def done(reply) -> None:
             if reply is None:
-                self.admin_addr = None  # look it up before the next request
-                answer(_error("timeout", "The swarm did not answer in time."))
+                self.bridge.answer(rid, _error("timeout", "The swarm did not answer in time."))
             elif reply.t == "error":
-                answer(_error(reply.b["code"], reply.b["detail"]))
+                self.bridge.answer(rid, _error(reply.b["code"], reply.b["detail"]))
             else:
-                answer({"ok": reply.b})
+                self.bridge.answer(rid, {"ok": reply.b})
 
-        def send_to(addr: str) -> None:
-            self.request(protocol.address_from_wire(addr), mtype, request["body"], done,
-                         ADMIN_TIMEOUT_S)
-
-        cached = self.admin_addr
-        if cached:
-            send_to(cached)
-
-        def with_admin(found) -> None:
-            if found is None or found.t == "error" or not found.b.get("addr"):
-                if not cached:  # else the cached admin may still answer (or time out)
-                    answer(_error("not_ready", "The swarm's admin is restarting; try again."))
-                return
-            self.admin_addr = found.b["addr"]
-            if self.admin_addr != cached and not answered:
-                send_to(self.admin_addr)
-
-        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
-                     {"name": "admin"}, with_admin, 3.0)
+        self.request_named("admin", mtype, request["body"], done, ADMIN_TIMEOUT_S,
+                           lambda _: self.bridge.answer(rid, _error(
+                               "not_ready", "The swarm's admin is restarting; try again.")))
 
 
 def _error(code: str, detail: str) -> dict:

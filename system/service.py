@@ -121,6 +121,7 @@ class SwarmActor(Actor):
         self._current: protocol.Envelope | None = None
         self._retries: dict[str, int] = {}
         self._pending: dict[str, tuple[Callable, float]] = {}
+        self._addresses: dict[str, str] = {}  # request_named's cache: name -> wire address
 
     # -- logging and replies -------------------------------------------------
     def log(self, level: str, event: str, msg: str, **fields: Any) -> None:
@@ -145,6 +146,57 @@ class SwarmActor(Actor):
         mid = protocol.new_id()
         self._pending[mid] = (on_reply, time.monotonic() + timeout_s)
         self.send(addr, mtype.encode(body, id=mid))
+
+    def request_named(self, name: str, mtype: protocol.MessageType, body: dict | None,
+                      on_reply: Callable[[protocol.Envelope | None], None], timeout_s: float,
+                      on_missing: Callable[[protocol.Envelope | None], None]) -> None:
+        """Ask the actor registered as ``name``, found through the registry.
+
+        The address is cached: the request goes straight there, and a registry lookup runs
+        alongside to check the cache (saving a hop on every request). When the actor has moved
+        (a restart: what went to the old address is lost without a word from Thespian) the
+        request goes again to the new address; with nothing cached it waits for the lookup.
+        ``on_reply`` runs once, with the first reply or None after the timeout;
+        ``on_missing(lookup)`` instead when the registry has no running ``name`` (lookup: its
+        answer, None if it was silent and nothing was cached). A second copy reaches an actor
+        only if the old one took the request just before it exited and its successor registered
+        before the lookup was answered: harmless for reads and for writes deduplicated by id
+        (queue items carry one); a restart or nudge could then happen twice."""
+        if not self.registry:
+            on_missing(None)
+            return
+        cached = self._addresses.get(name)
+        answered = False
+
+        def once(callback: Callable, reply) -> None:
+            nonlocal answered
+            if not answered:  # the copy sent to a moved actor timing out, or a late reply
+                answered = True
+                callback(reply)
+
+        def send_to(addr: str) -> None:
+            def replied(reply) -> None:
+                if reply is None and self._addresses.get(name) == addr:
+                    del self._addresses[name]  # look it up before the next request
+                once(on_reply, reply)
+            self.request(protocol.address_from_wire(addr), mtype, body, replied, timeout_s)
+
+        def found(lookup) -> None:
+            addr = lookup.b.get("addr") if lookup is not None and lookup.t != "error" else None
+            if not addr or lookup.b.get("state") != "running":
+                if lookup is not None:
+                    self._addresses.pop(name, None)
+                if lookup is not None or not cached:  # else the cached one may still answer
+                    once(on_missing, lookup)
+                return
+            self._addresses[name] = addr
+            if addr != cached and not answered:
+                send_to(addr)
+
+        if cached:
+            send_to(cached)
+        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
+                     {"name": name}, found, min(timeout_s, 5.0))
 
     def _expire_requests(self) -> None:
         now = time.monotonic()

@@ -36,6 +36,8 @@ class Probe(ServiceActor):
         options = self.service_config().get("options", {})
         if options.get("fail_start"):
             raise ConfigError(str(options["fail_start"]))
+        if options.get("crash_start"):  # e.g. a storage error: OTP's init failure, restarted
+            raise OSError(errno.EIO, str(options["crash_start"]))
         time.sleep(float(options.get("start_delay_s", 0)))  # a slow start, to test what races it
         if options.get("hang_start"):
             while True:  # stuck before confirming: the supervisor's start deadline ends it

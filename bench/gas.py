@@ -2,7 +2,7 @@
 inbox (through the real swarm: gas service -> queue -> inbox sink), the gas actor's CPU share
 idle and under load, and a naive poller's CPU per cycle in the same run.
 
-1. A swarm (queue + gas, ``poll_s`` 1.0) over 1,000 agents, each with a ``status.json``, all
+1. A swarm (queue + gas, ``poll_interval_s`` 1.0) over 1,000 agents, each with a ``status.json``, all
    in ``agents.names`` (a relay of 1,000). Idle: the gas actor's CPU share (``/proc`` via
    psutil, 1.0 = one core) while nothing changes, and its CPU per poll.
 2. Load: ~100 status writes per second in total (atomic: temp file + rename), each moving one
@@ -154,7 +154,7 @@ def run(quick: bool) -> dict:
     size = SIZES[quick]
     relay = names()
     with BenchSwarm({"services": {"queue": {"enabled": True},
-                                  "gas": {"enabled": True, "poll_s": POLL_S,
+                                  "gas": {"enabled": True, "poll_interval_s": POLL_S,
                                           "stall_after_s": 1e6}},
                      "agents": {"names": relay}}) as swarm:
         root = Path(swarm.config["agents"]["workspace_root"])
@@ -190,7 +190,7 @@ def run(quick: bool) -> dict:
         naive = scan_cpu(size["cycles"], lambda: naive_cycle(root, relay, last))
     p95 = p95_ms(latencies) / 1000 if len(latencies) > 1 else float("nan")
     return {
-        "agents": AGENTS, "poll_s": POLL_S, "writes": writes,
+        "agents": AGENTS, "poll_interval_s": POLL_S, "writes": writes,
         "writes_per_s": round(writes / writes_s, 1), "start_s": round(start_s, 2),
         "thresholds_crossed": len(crossed), "gas_files": count,
         "gas_missing": len(set(crossed) - set(seen)), "gas_extra": count - len(
@@ -214,7 +214,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     r = run(args.quick)
     emit(args, r, [
-        ("agents / poll / writes", f"{r['agents']} / {r['poll_s']} s / {r['writes_per_s']}/s"),
+        ("agents / poll / writes", f"{r['agents']} / {r['poll_interval_s']} s / {r['writes_per_s']}/s"),
         ("threshold -> gas file (median, p95)", (f"{r['latency_median_ms']} ms, "
          f"{r['latency_p95_ms']} ms (target <= {r['latency_p95_target_ms']} ms)")),
         ("gas files: crossed / written / missing / extra", (f"{r['thresholds_crossed']} / "

@@ -446,6 +446,12 @@ class ServiceActor(SwarmActor):
             self.reply(sender, env, protocol.SVC_FAILED,
                        {"name": self.name, "reason": str(exc), "state": state})
             return
+        except Exception as exc:  # noqa: BLE001 - as OTP's init: exit, the supervisor restarts it
+            self.error_stats.record(classify(exc), str(exc))
+            self.log("error", "start_failed", f"{self.name} could not start: "
+                     f"{type(exc).__name__}: {exc}", exc=exc)
+            self.send(self.myAddress, ActorExitRequest())  # at once: not after the start timeout
+            return
         self.started_at = time.time()
         self.start_ticking()
         self.log("info", "started", f"{self.name} started", pid=os.getpid())

@@ -303,7 +303,7 @@ def test_gas_milestones_reach_the_status_channel_and_gas_commands_work(make_swar
                                                                       monkeypatch):
     monkeypatch.setenv("TEST_DISCORD_TOKEN", TOKEN)
     swarm = make_swarm({"services": {"queue": {"enabled": True}, "discord": discord_block(sim),
-                                     "gas": {"enabled": True, "poll_s": 0.2}},
+                                     "gas": {"enabled": True, "poll_interval_s": 0.2}},
                         "agents": {"names": ["Agent-1", "Agent-2"]},
                         "alerts": {"sinks": ["discord"]}})
     swarm.start()

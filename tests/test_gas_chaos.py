@@ -50,7 +50,7 @@ def wait_pending(swarm, timeout: float = 3.0) -> None:
 def _relay_through_kills(make_swarm, rounds: int, seed: int) -> None:
     rng = random.Random(seed)
     swarm = make_swarm({"services": {"queue": {"enabled": True},
-                                     "gas": {"enabled": True, "poll_s": 0.2}},
+                                     "gas": {"enabled": True, "poll_interval_s": 0.2}},
                         "agents": {"names": NAMES}})
     swarm.start()
     tasks = [f"T{i}" for i in range(rounds)]

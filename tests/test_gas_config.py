@@ -17,7 +17,7 @@ from system.errors import ConfigError
 from tests.conftest import deep_merge
 
 KNOWN = "known: agent, next_agent, task, progress, learnings"
-GAS = {"enabled": True, "poll_s": 0.2}
+GAS = {"enabled": True, "poll_interval_s": 0.2}
 
 
 def write_config(swarm, overrides: dict) -> None:

@@ -16,7 +16,7 @@ NAMES = ["Agent-1", "Agent-2", "Agent-3"]
 @pytest.fixture
 def gas_swarm(make_swarm):
     swarm = make_swarm({"services": {"queue": {"enabled": True},
-                                     "gas": {"enabled": True, "poll_s": 0.2,
+                                     "gas": {"enabled": True, "poll_interval_s": 0.2,
                                              "stall_after_s": 2.0}},
                         "agents": {"names": NAMES}})
     swarm.start()
@@ -242,3 +242,39 @@ def test_brain_export_pages_through_every_entry_once_while_entries_are_added(
     text = (out / "note.md").read_text(encoding="utf-8")
     ids = [int(line.split()[1][1:]) for line in text.splitlines() if line.startswith("## #")]
     assert ids == list(range(1, 251))
+
+
+def test_thresholds_priorities_learnings_and_paths_come_from_config(make_swarm):
+    swarm = make_swarm({"services": {"queue": {"enabled": True}, "gas": {
+        "enabled": True, "poll_interval_s": 0.2, "thresholds": {"prepare": 50, "go": 95},
+        "priorities": {"prepare": "low"}, "learnings": {"count": 1, "max_chars": 200},
+        "db_path": "relay/sent.db", "brain": {"db_path": "relay/knowledge.db"}}},
+        "agents": {"names": NAMES}})
+    swarm.start()
+    for title, text in (("flaky login test", "retry the login fixture once"),
+                        ("newest", "unrelated but recent")):
+        swarm.cli("brain", "add", "--title", title, "--category", "learning", text)
+    swarm.cli("gas", "progress", "Agent-1", "50", "--task", "fix login")
+    files = wait_inbox(swarm, "Agent-2", 1)
+    assert "PREPARE" in files[0] and "Priority: low" in files[0]
+    swarm.cli("gas", "progress", "Agent-1", "90")
+    ready = next(f for f in wait_inbox(swarm, "Agent-2", 2) if "GET READY" in f)
+    assert "flaky login test" in ready and "newest" not in ready, "relevance, one learning"
+    write_status(swarm, "Agent-1", json.dumps({"progress": 95}))  # no task: IDLE
+    time.sleep(0.6)  # a few polls
+    swarm.cli("gas", "progress", "Agent-1", "95")  # resumes the last task, no --task needed
+    assert any("GO:" in f for f in wait_inbox(swarm, "Agent-2", 3))
+    status = json.loads(swarm.cli("gas", "status", "--json").stdout)
+    one = next(a for a in status["agents"] if a["agent"] == "Agent-1")
+    assert one["stage"] == "COMPLETE" and one["task"] == "fix login"
+    assert (swarm.dir / "data" / "relay" / "sent.db").exists()
+    assert (swarm.dir / "data" / "relay" / "knowledge.db").exists()
+
+
+def test_thresholds_that_do_not_rise_park_the_service_with_the_reason(make_swarm):
+    swarm = make_swarm({"services": {"queue": {"enabled": True}, "gas": {
+        "enabled": True, "thresholds": {"prepare": 95}}}, "agents": {"names": NAMES}})
+    swarm.cli("start", "-d", check=False)
+    swarm.wait_for(lambda s: s["services"]["gas"]["state"] == "failed", timeout=20,
+                   what="gas failed")
+    assert "prepare < ready < go" in json.dumps(swarm.service("gas"))

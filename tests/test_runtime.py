@@ -285,3 +285,16 @@ def test_a_service_stuck_in_start_is_killed_at_its_deadline_without_a_loop(make_
     time.sleep(1)
     assert swarm.service("services")["restarts"] == services["restarts"]
     assert swarm.service("services")["state"] == "failed"
+
+
+def test_a_service_whose_start_raises_exits_at_once_and_is_restarted_then_escalated(make_swarm):
+    swarm = make_swarm({"supervision": {"start_timeout_s": 10,
+                                        "services": {"max_restarts": 2, "within_s": 60}},
+                        "services": {"probe": {"options": {"crash_start": "disk gone"}}}})
+    t0 = time.monotonic()
+    proc = swarm.cli("start", "-d", "--wait", "30", check=False)
+    assert time.monotonic() - t0 < 10, "waited for the start timeout instead of the exit"
+    assert proc.returncode != 0 and "restart intensity exceeded" in proc.stderr
+    log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
+    assert log.count("probe could not start: OSError") == 3  # the start and 2 restarts
+    assert "no start confirmation" not in log

@@ -107,6 +107,21 @@ class Brain:
     def latest(self, category: str = "learning", limit: int = 3) -> list[dict]:
         return self.list(category, limit)
 
+    def learnings_for(self, task: str | None, limit: int = 3) -> list[dict]:
+        """The learnings a "get ready" gas carries: those most relevant to ``task`` (any of its
+        words, ranked), topped up with the most recent ones."""
+        words = _WORD.findall(task or "")
+        found: list[dict] = []
+        if words:
+            found = [_entry(r) for r in self.db.execute(
+                "SELECT e.* FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+                "WHERE entries_fts MATCH ? AND e.category = 'learning' "
+                "ORDER BY bm25(entries_fts, 5.0, 1.0, 2.0) LIMIT ?",
+                (" OR ".join(f'"{w.lower()}"' for w in words[:20]), limit))]
+        seen = {e["id"] for e in found}
+        return found + [e for e in self.latest("learning", limit)
+                        if e["id"] not in seen][:limit - len(found)]
+
 
 def _entry(row: sqlite3.Row) -> dict:
     return {"id": row["id"], "title": row["title"], "content": row["content"],

@@ -23,7 +23,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 THRESHOLDS = ((75.0, "prepare"), (90.0, "ready"), (100.0, "go"))
+"""The default (percent, gas kind) pairs in order; ``services.gas.thresholds`` sets others."""
 KINDS = tuple(kind for _, kind in THRESHOLDS)
+Thresholds = tuple[tuple[float, str], ...]
+
+
+def thresholds_from(config: dict | None) -> Thresholds:
+    """``{prepare: 75, ready: 90, go: 100}`` (any subset; the rest default) as ordered pairs;
+    ValueError unless 0 < prepare < ready < go <= 100.
+
+    >>> thresholds_from({"go": 95})
+    ((75.0, 'prepare'), (90.0, 'ready'), (95.0, 'go'))
+    """
+    limits = {kind: float(limit) for limit, kind in THRESHOLDS} | {
+        k: float(v) for k, v in (config or {}).items()}
+    values = [limits[k] for k in KINDS]
+    if not 0 < values[0] < values[1] < values[2] <= 100:
+        raise ValueError("thresholds must rise: 0 < prepare < ready < go <= 100, got "
+                         + ", ".join(f"{k} {limits[k]:g}" for k in KINDS))
+    return tuple(zip(values, KINDS))
 
 
 @dataclass(frozen=True)
@@ -43,7 +61,7 @@ class AgentState:
 
 
 def observe(state: AgentState, task: str | None, progress: float | None,
-            now: float) -> tuple[AgentState, list[str]]:
+            now: float, thresholds: Thresholds = THRESHOLDS) -> tuple[AgentState, list[str]]:
     """The state after seeing (task, progress), and the gas kinds due now, in order."""
     if not task:
         return replace(state, task=None, stalled=False), []
@@ -57,23 +75,25 @@ def observe(state: AgentState, task: str | None, progress: float | None,
         progress = state.progress
     if progress != state.progress:
         state = replace(state, progress=progress, changed_at=now, stalled=False)
-    due = [kind for limit, kind in THRESHOLDS if progress >= limit and kind not in state.sent]
+    due = [kind for limit, kind in thresholds if progress >= limit and kind not in state.sent]
     return replace(state, sent=state.sent | set(due)), due
 
 
-def stage(state: AgentState) -> str:
+def stage(state: AgentState, thresholds: Thresholds = THRESHOLDS) -> str:
     if not state.task:
         return "IDLE"
     if state.stalled:
         return "STALLED"
+    (primed, _), (handoff, _), (complete, _) = thresholds
     p = state.progress
-    return "COMPLETE" if p >= 100 else "HANDOFF" if p >= 90 else "PRIMED" if p >= 75 \
-        else "ACTIVE"
+    return "COMPLETE" if p >= complete else "HANDOFF" if p >= handoff \
+        else "PRIMED" if p >= primed else "ACTIVE"
 
 
-def check_stall(state: AgentState, now: float, stall_after_s: float) -> tuple[AgentState, bool]:
-    """(state, True) the moment a working agent becomes stalled."""
-    working = bool(state.task) and state.progress < 100
+def check_stall(state: AgentState, now: float, stall_after_s: float,
+                thresholds: Thresholds = THRESHOLDS) -> tuple[AgentState, bool]:
+    """(state, True) the moment a working agent (a task, not complete) becomes stalled."""
+    working = bool(state.task) and state.progress < thresholds[-1][0]
     if working and not state.stalled and now - state.changed_at >= stall_after_s:
         return replace(state, stalled=True), True
     return state, False

@@ -2,14 +2,15 @@
 gas at 75 / 90 / 100 %, exactly once per threshold, through the queue (to its inbox file).
 
 A thin actor over :mod:`actors.gas.relay` (the rules), :mod:`actors.gas.ledger` (what was sent,
-in SQLite) and :mod:`actors.gas.agentfiles` (the status files). Every ``poll_s`` it reads the
-status files that changed; ``gas.progress`` pushes progress directly. Gas due is recorded as
+in SQLite) and :mod:`actors.gas.agentfiles` (the status files). Every ``poll_interval_s`` it
+reads the status files that changed; ``gas.progress`` pushes progress directly. Gas due is recorded as
 pending before it is enqueued (with a deterministic id) and marked sent once the queue has it,
 so a SIGKILL at any point neither skips nor repeats a threshold. Each gas sent is announced on
 the notification path (kind ``gas``); a stall raises an alert and nudges the agent.
 """
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -20,36 +21,54 @@ from actors.gas.agentfiles import StatusFiles, check_agent
 from actors.gas.brain import Brain
 from actors.gas.ledger import Ledger, gas_id
 from system import protocol
-from system.errors import PermanentError
+from system.errors import ConfigError, PermanentError
 from system.service import ServiceActor, handles
 
-PRIORITY = {"prepare": "normal", "ready": "high", "go": "urgent", "nudge": "high"}
+PRIORITIES = {"prepare": "normal", "ready": "high", "go": "urgent", "nudge": "high"}
 ENQUEUE_TIMEOUT_S = 10.0
 
 
-def template_values(row: dict, learnings: list[dict]) -> dict[str, str]:
+def template_values(row: dict, learnings: list[dict], max_chars: int = 1500) -> dict[str, str]:
     """What a template's placeholders are filled with: the names the schema allows in
-    ``services.gas.templates`` (``x-placeholders``), which the config load checks."""
+    ``services.gas.templates`` (``x-placeholders``), which the config load checks. The
+    learnings are cut to ``max_chars`` in all, at an entry's end where one fits."""
+    text = ""
+    for e in learnings:
+        line = f"- {e['title']}: {' '.join(e['content'].split())[:300]}"
+        if len(text) + len(line) + 1 > max_chars:
+            text = text or line[:max_chars - 1] + "…"
+            break
+        text += ("\n" if text else "") + line
     return {"agent": row["agent"], "next_agent": row["next_agent"],
             "task": row["task"] or "(no task)", "progress": f"{row['progress']:g}",
-            "learnings": "\n".join(f"- {e['title']}: {e['content'][:300]}" for e in learnings)
-            or "(the swarm brain has no learnings yet)"}
+            "learnings": text or "(the swarm brain has no learnings yet)"}
 
 
 class GasService(ServiceActor):
     tick_s = 0.5
+    ledger: Ledger | None = None
+    brain: Brain | None = None
 
     def on_start(self) -> None:
         cfg = self.service_config()
         self.templates = dict(cfg.get("templates") or {})
-        self.poll_s = float(cfg.get("poll_s", 1.0))
+        self.poll_s = float(cfg.get("poll_interval_s", 1.0))
         self.tick_s = min(type(self).tick_s, self.poll_s)  # on_tick aims it at the next poll
         self.stall_after_s = float(cfg.get("stall_after_s", 600.0))
+        try:
+            self.thresholds = relay.thresholds_from(cfg.get("thresholds"))
+        except ValueError as exc:
+            raise ConfigError(f"services.gas.thresholds: {exc}") from None
+        self.priorities = PRIORITIES | dict(cfg.get("priorities") or {})
+        learnings = cfg.get("learnings") or {}
+        self.learnings = (int(learnings.get("count", 3)), int(learnings.get("max_chars", 1500)))
         self.names = list(self.config.get("agents", {}).get("names", []))
         data = Path(self.config["system"]["data_dir"])
         data.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(str(data / "gas.db"))
-        self.brain = Brain(str(data / "brain.db"))
+        self.ledger = _open(Ledger, data / (cfg.get("db_path") or "gas.db"),
+                            "services.gas.db_path")
+        self.brain = _open(Brain, data / ((cfg.get("brain") or {}).get("db_path") or "brain.db"),
+                           "services.gas.brain.db_path")
         self.states = self.ledger.load()
         self.files = StatusFiles(self.config["agents"]["workspace_root"])
         self.problems: dict[str, str] = {}
@@ -61,8 +80,9 @@ class GasService(ServiceActor):
                      "the queue: sending again (the queue drops duplicates)")
 
     def on_stop(self) -> None:
-        self.ledger.close()
-        self.brain.close()
+        for store in (self.ledger, self.brain):
+            if store is not None:  # None: on_start failed before opening it
+                store.close()
 
     # -- observing ------------------------------------------------------------------------
     def on_tick(self) -> None:
@@ -88,7 +108,7 @@ class GasService(ServiceActor):
 
     def apply(self, agent: str, task: str | None, progress: float | None, now: float) -> None:
         before = self.states.get(agent) or relay.AgentState(agent)
-        state, due = relay.observe(before, task, progress, now)
+        state, due = relay.observe(before, task, progress, now, self.thresholds)
         nxt = relay.next_agent(self.names, agent)
         if state == before:
             return
@@ -99,7 +119,7 @@ class GasService(ServiceActor):
 
     def _check_stalls(self, now: float) -> None:
         for agent, state in list(self.states.items()):
-            state, became = relay.check_stall(state, now, self.stall_after_s)
+            state, became = relay.check_stall(state, now, self.stall_after_s, self.thresholds)
             if became:
                 self.states[agent] = state
                 self.ledger.save(state, [])
@@ -117,15 +137,17 @@ class GasService(ServiceActor):
 
     # -- sending ------------------------------------------------------------------------------
     def _text(self, row: dict) -> str:
-        return self.templates[row["kind"]].format(
-            **template_values(row, self.brain.latest("learning", 3)))
+        count, max_chars = self.learnings
+        learnings = self.brain.learnings_for(row["task"], count) \
+            if "{learnings}" in self.templates[row["kind"]] else []
+        return self.templates[row["kind"]].format(**template_values(row, learnings, max_chars))
 
     def _flush(self) -> None:
         rows = [r for m, r in self.outbox.items() if m not in self.in_flight]
         if not rows or self.in_flight:
             return
         items = [{"recipient": r["next_agent"], "id": r["msg_id"], "sender": "gas",
-                  "type": "gas", "priority": PRIORITY[r["kind"]],
+                  "type": "gas", "priority": self.priorities[r["kind"]],
                   "payload": msgpack.packb({"text": self._text(r)}),
                   "headers": {"Gas": r["kind"], "From-Agent": r["agent"],
                               "Task": str(r["task"])[:200]}} for r in rows]
@@ -150,16 +172,11 @@ class GasService(ServiceActor):
                                 f"{r['progress']:g}% on {r['task']}", key=r["msg_id"],
                                 agent=r["agent"], next_agent=r["next_agent"], gas=r["kind"])
 
-        def found(reply) -> None:
-            addr = reply.b.get("addr") if reply is not None and reply.t != "error" else None
-            if not addr or reply.b.get("state") != "running":
-                self.in_flight = set()
-                return
-            self.request(protocol.address_from_wire(addr), protocol.QUEUE_ENQUEUE,
-                         {"items": items}, enqueued, ENQUEUE_TIMEOUT_S)
+        def no_queue(_lookup) -> None:
+            self.in_flight = set()  # the next tick tries again
 
-        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
-                     {"name": "queue"}, found, 3.0)
+        self.request_named("queue", protocol.QUEUE_ENQUEUE, {"items": items}, enqueued,
+                           ENQUEUE_TIMEOUT_S, no_queue)
 
     # -- commands -----------------------------------------------------------------------------
     def _agent(self, name) -> str:
@@ -174,7 +191,8 @@ class GasService(ServiceActor):
         if isinstance(progress, bool) or not isinstance(progress, (int, float)) \
                 or not 0 <= progress <= 100:
             raise PermanentError("progress must be a number from 0 to 100")
-        task = env.b.get("task") or (self.states.get(agent) or relay.AgentState(agent)).task
+        state = self.states.get(agent) or relay.AgentState(agent)
+        task = env.b.get("task") or state.task or state.cycle_task  # IDLE: resume the last
         if not task:
             raise PermanentError(f"{agent} has no current task: give one (--task)")
         self.apply(agent, str(task)[:500], float(progress), time.time())
@@ -240,7 +258,7 @@ class GasService(ServiceActor):
 
     def _view(self, agent: str) -> dict:
         state = self.states.get(agent) or relay.AgentState(agent)
-        return {"agent": agent, "stage": relay.stage(state), "progress": state.progress,
+        return {"agent": agent, "stage": relay.stage(state, self.thresholds), "progress": state.progress,
                 "task": state.task, "updated": state.changed_at, "cycle": state.cycle,
                 "next": relay.next_agent(self.names, agent), "problem": self.problems.get(agent),
                 "sent": self.ledger.sent_in_cycle(agent, state.cycle) if state.cycle else {}}
@@ -255,6 +273,16 @@ class GasService(ServiceActor):
         if self.problems:
             detail += f"; unreadable status: {', '.join(sorted(self.problems))}"
         return "ok", detail
+
+
+def _open(store, path: Path, key: str):
+    """A store's SQLite file (its directory made): a file that cannot be opened is a config
+    error naming the key, not a restart loop."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return store(str(path))
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"{key}: cannot open {path}: {exc}") from None
 
 
 def _limit(value) -> int:

@@ -2,13 +2,14 @@
 simulated platform in the same run; chat interpretation throughput against a plain keyword
 router; the output limiter's accuracy under a raid.
 
-Swarm: a viewer types ``!status`` (twitch service -> admin -> registry -> back, one line) or a
-moderator ``!agent Agent-1 ...`` (-> admin -> queue commit -> back) in the simulated Twitch
+Swarm: a viewer types ``!status`` (twitch service -> admin -> registry -> back, one line) or
+``!ask ...`` (interpretation picks the agent -> admin -> queue commit -> back), or a moderator
+``!agent Agent-1 ...`` (the same without interpretation) in the simulated Twitch
 (``actors/twitch/simulator.py``); the time runs from the chat notification being sent on the
 EventSub socket to the reply reaching ``POST /helix/chat/messages``.
 Peer, same run: a bare twitchio ``commands.Bot`` in this process answering ``!ping`` with
 ``send_message`` and the bot's user token (the same call the service makes), no swarm, no
-limiter. Requests alternate between the three, one at a time; each from a new login so that
+limiter. Requests alternate between the cases, one at a time; each from a new login so that
 no reply is a duplicate. Interpretation: lines per second of ``interpret`` (spam rules,
 mentions, questions, keyword routing) vs a router that only lower-cases, splits and looks
 words up in a dict (what the replaced bot did). Limiter: 20,000 offers in 600 virtual seconds
@@ -100,20 +101,22 @@ def latency(n: int) -> dict:
                  "bot_token": "${env:BENCH_TWITCH_TOKEN}",
                  "bot_refresh_token": "${env:BENCH_TWITCH_REFRESH}", "channels": ["streamer"],
                  "api_base": sim.api_base, "id_base": sim.api_base, "eventsub_url": sim.ws_url,
-                 "cooldowns": {"status": {"global_s": 0}},
+                 "cooldowns": {"status": {"global_s": 0}, "ask": {"global_s": 0, "user_s": 0}},
+                 "interpretation": {"default_agent": "Agent-1"},
                  "limits": {"limit": 100_000, "window_s": 1.0, "moderator_limit": 100_000}}
         with BenchSwarm({"services": {"twitch": block, "queue": {"enabled": True}},
                          "agents": {"names": ["Agent-1"]}}) as swarm:
             swarm.start()
             sim.wait_subscribed(timeout=20, count=2)
             cases = {"peer_ping": ("!ping", []), "status": ("!status", []),
+                     "ask": ("!ask why is the build red?", ["subscriber"]),
                      "agent": ("!agent Agent-1 bench", ["moderator"])}
             for name, (text, badges) in cases.items():  # warm-up: connections, caches
                 _timed(sim, f"warm{name}", text, badges)
             times: dict[str, list[float]] = {name: [] for name in cases}
             names = list(cases)
             for i in range(n):
-                for name in names[i % 3:] + names[:i % 3]:
+                for name in names[i % len(names):] + names[:i % len(names)]:
                     text, badges = cases[name]
                     times[name].append(_timed(sim, f"u{i}{name[0]}", text, badges))
         stop.set()
@@ -121,7 +124,7 @@ def latency(n: int) -> dict:
     r: dict = {"n": n, "target_ratio_p95": TARGET_RATIO}
     for name, xs in times.items():
         r[f"{name}_median_ms"], r[f"{name}_p95_ms"] = median_ms(xs), p95_ms(xs)
-    for name in ("status", "agent"):
+    for name in ("status", "ask", "agent"):
         r[f"{name}_ratio_p95"] = round(r[f"{name}_p95_ms"] / r["peer_ping_p95_ms"], 2)
     return r
 
@@ -216,6 +219,7 @@ def main() -> None:
         ("commands per case", lat["n"]),
         ("bare twitchio bot !ping, median / p95", line("peer_ping")),
         ("swarm !status", line("status")),
+        ("swarm !ask (interpretation, queue commit)", line("ask")),
         ("swarm !agent (queue commit)", line("agent")),
         ("interpretation", (f"{it['interpret_lines_per_s']} lines/s "
                            f"({it['interpret_cost_ratio']}x a plain keyword router)")),

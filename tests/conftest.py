@@ -1,81 +1,26 @@
 """Fixtures that run real swarms: multiprocTCPBase on a free port, a temp data_dir, the real CLI."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from system import protocol
 from system.admin import AdminClient
-from system.config import load_config
-from system.launcher import NotRunning, connect, shutdown, swarm_processes
+from system.harness.swarm import ROOT, TempSwarm, deep_merge  # noqa: F401 - tests import them
+from system.launcher import connect
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST_HEALTH = {"poll_interval_s": 0.2, "timeout_s": 1.0, "sample_interval_s": 0.5}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
-    return out
-
-
-class Swarm:
-    """A swarm under test: its config file, CLI runner and admin helpers."""
+class Swarm(TempSwarm):
+    """A swarm under test: the test base (fast health polls, queue and gas off, the probe
+    service) plus the test's overrides; ``ask``/``tell`` reach a service directly."""
 
     def __init__(self, tmp: Path, overrides: dict | None = None):
-        self.port = free_port()
-        self.dir = tmp
-        base = {
-            "system": {"admin_port": self.port, "data_dir": str(tmp / "data")},
-            "health": FAST_HEALTH,
-            "agents": {"workspace_root": str(tmp / "agents")},
-            "services": {"queue": {"enabled": False}, "gas": {"enabled": False},
-                         "probe": {"actor": "actors.probe:Probe"}},
-        }
-        self.base = base
-        self.config_path = tmp / "swarm.yaml"
-        self.rewrite(overrides)
-
-    def rewrite(self, overrides: dict | None) -> None:
-        """Write the config file: the test base plus ``overrides``."""
-        self.config_path.write_text(yaml.safe_dump(deep_merge(self.base, overrides or {})))
-        self.config = load_config(str(self.config_path)).data
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 60, env=None):
-        proc = subprocess.run([sys.executable, "-m", "system.cli", *args, "-c",
-                               str(self.config_path)], check=False, cwd=ROOT, capture_output=True,
-                              text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})})
-        if check and proc.returncode != 0:
-            raise AssertionError(f"swarm {' '.join(args)} exited {proc.returncode}: "
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def start(self, *extra: str):
-        return self.cli("start", "-d", "--wait", "20", *extra)
-
-    def status(self) -> dict:
-        return AdminClient(self.config).call(protocol.ADMIN_STATUS)
-
-    def service(self, name: str) -> dict:
-        return self.status()["services"][name]
+        super().__init__(tmp, {"health": FAST_HEALTH, "services": {
+            "queue": {"enabled": False}, "gas": {"enabled": False},
+            "probe": {"actor": "actors.probe:Probe"}}}, overrides)
 
     def ask(self, name: str, mtype: protocol.MessageType, body: dict | None = None,
             timeout: float = 10.0) -> protocol.Envelope:
@@ -93,25 +38,8 @@ class Swarm:
         with connect(self.config).private() as ctx:
             ctx.tell(protocol.address_from_wire(found["addr"]), data)
 
-    def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                last = self.status()
-                if predicate(last):
-                    return last
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; last status: "
-                             f"{json.dumps(last, default=str)[:2000]}")
-
-    def processes(self) -> list:
-        return swarm_processes(self.port)
-
     def cleanup(self) -> None:
-        with contextlib.suppress(NotRunning):
-            shutdown(self.config, timeout=2.0)
-        assert not self.processes(), "swarm processes left behind"
+        assert not self.stop(), "swarm processes left behind"
 
 
 @pytest.fixture

@@ -1,0 +1,615 @@
+"""Scenarios: a swarm of its own, simulated agents and platforms, a timeline of chat and faults,
+expectations checked over what happened, and a report.
+
+A scenario file (``config/scenarios/*.yaml``; README "Simulation harness")::
+
+    name: relay
+    duration_s: 40
+    seed: 7
+    agents: {names: [Agent-1, Agent-2, Agent-3], speed: 10, start: [Agent-1]}
+    users:
+      otto: {platform: discord, role: operator}
+      mallory: {platform: discord}
+    timeline:
+      - {at: 3, user: otto, say: "!message Agent-2 check the build"}
+      - {at: 5, user: mallory, say: "!restart queue"}
+      - {at: 8, fault: kill, target: queue}
+    expect:
+      - {handoff_within_s: 5}
+      - {gas_once: true}
+      - {refused: mallory}
+      - {restarts: {service: queue, max: 1}}
+
+The generic parts live here; each chat platform is a plugin (:class:`Platform`, beside its
+service: ``actors/discord/harness.py``, ``actors/twitch/harness.py``) that starts its simulated
+platform, says what the config of its service must point at, speaks for users and injects its
+faults.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import jsonschema
+import yaml
+
+from system.errors import ConfigError
+from system.harness.agents import SimAgents, parse_inbox_file
+from system.harness.swarm import TempSwarm, deep_merge
+
+REPLY_TIMEOUT_S = 15.0
+SWARM_FAULTS = ("kill", "hang", "reload_invalid")
+AGENT_FAULTS = ("stall", "crash_agent")
+
+_NUMBER = {"type": "number", "minimum": 0}
+SCHEMA: dict = {
+    "type": "object", "additionalProperties": False, "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+        "seed": {"type": "integer"},
+        "config": {"type": "object", "description": "an overlay on the swarm's config"},
+        "agents": {"type": "object", "additionalProperties": False, "properties": {
+            "names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "count": {"type": "integer", "minimum": 1, "maximum": 50},
+            "speed": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+            "speeds": {"type": "object", "additionalProperties": _NUMBER},
+            "start": {"type": "array", "items": {"type": "string"}},
+            "write_every_s": {"type": "number", "exclusiveMinimum": 0},
+            "torn_writes": {"type": "number", "minimum": 0, "maximum": 1}}},
+        "users": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["platform"], "additionalProperties": False,
+            "properties": {"platform": {"type": "string"},
+                           "role": {"enum": ["viewer", "operator", "admin"]},
+                           "id": {"type": ["integer", "string"]},
+                           "roles": {"type": "array", "items": {"type": ["integer", "string"]}},
+                           "badges": {"type": "array", "items": {"type": "string"}}}}},
+        "timeline": {"type": "array", "items": {
+            "type": "object", "required": ["at"], "additionalProperties": False,
+            "properties": {"at": _NUMBER, "user": {"type": "string"},
+                           "say": {"type": "string", "minLength": 1},
+                           "repeat": {"type": "integer", "minimum": 1, "maximum": 100000},
+                           "every_s": {"type": "number", "exclusiveMinimum": 0},
+                           "fault": {"type": "string"}, "target": {"type": "string"},
+                           "platform": {"type": "string"}, "for_s": _NUMBER}}},
+        "expect": {"type": "array", "items": {
+            "type": "object", "minProperties": 1, "maxProperties": 1}},
+    },
+}
+
+
+class Platform(Protocol):
+    """A simulated chat platform and the service that talks to it."""
+
+    name: str                       # the service's name: "discord", "twitch"
+    faults: tuple[str, ...]         # what :meth:`fault` can do
+
+    def start(self, users: dict[str, dict], base: dict) -> None:
+        """Start the simulated platform with these users (``base``: the operator's config)."""
+
+    def overlay(self, base: dict) -> dict:
+        """The config of its service pointing at the simulated platform (merged over base)."""
+
+    def env(self) -> dict[str, str]:
+        """Secrets the swarm's processes need (the simulated tokens)."""
+
+    def wait_connected(self, timeout: float) -> None:
+        """Until the swarm's client is connected to the platform."""
+
+    def say(self, user: str, text: str) -> tuple[str | None, float]:
+        """``user`` types ``text``; (the reply, or None within the timeout; seconds)."""
+
+    def refused_label(self, user: str) -> str:
+        """How the swarm's log names the user (the start of its audit label)."""
+
+    def fault(self, kind: str, step: dict) -> str:
+        """Inject a fault; what was done, in words."""
+
+    def records(self) -> dict:
+        """Counters for the report."""
+
+    def stop(self) -> None:
+        ...
+
+
+@dataclass
+class Chat:
+    t: float
+    user: str
+    platform: str
+    text: str
+    reply: str | None
+    seconds: float
+
+
+@dataclass
+class Result:
+    scenario: str
+    seed: int
+    duration_s: float
+    checks: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    timeline: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    def as_dict(self) -> dict:
+        return {"scenario": self.scenario, "seed": self.seed, "duration_s": self.duration_s,
+                "ok": self.ok, "checks": self.checks, "summary": self.summary,
+                "timeline": self.timeline}
+
+
+def load_scenario(path: str | Path) -> dict:
+    """A scenario file, checked: ConfigError naming every problem."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read scenario {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return check_scenario(data, str(path))
+
+
+def check_scenario(data: Any, where: str = "scenario") -> dict:
+    errors = [f"{where}: {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+              for e in jsonschema.Draft202012Validator(SCHEMA).iter_errors(data)]
+    if errors:
+        raise ConfigError("\n".join(errors))
+    users = data.get("users") or {}
+    names = agent_names(data)
+    for n, step in enumerate(data.get("timeline") or []):
+        at = f"{where}: timeline.{n}"
+        if ("say" in step) == ("fault" in step):
+            errors.append(f"{at}: give either say (with user) or fault")
+        if "say" in step and step.get("user") not in users:
+            errors.append(f"{at}: user {step.get('user')!r} is not in users")
+        if step.get("fault") in AGENT_FAULTS and step.get("target") not in names:
+            errors.append(f"{at}: {step['fault']} needs target: one of {', '.join(names)}")
+        if step.get("fault") in ("kill", "hang") and not step.get("target"):
+            errors.append(f"{at}: {step['fault']} needs target: a service name")
+    known = set(CHECKS)
+    for n, exp in enumerate(data.get("expect") or []):
+        (kind, value), = exp.items()
+        if kind not in known:
+            errors.append(f"{where}: expect.{n}: unknown expectation {kind!r}; known: "
+                          f"{', '.join(sorted(known))}")
+        elif kind in ("refused", "replied") and value != "all" and value not in users:
+            errors.append(f"{where}: expect.{n}: user {value!r} is not in users")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return data
+
+
+def agent_names(data: dict) -> list[str]:
+    agents = data.get("agents") or {}
+    return list(agents.get("names") or [f"Agent-{i + 1}" for i in range(agents.get("count", 3))])
+
+
+# -- running ------------------------------------------------------------------------------------
+class Run:
+    """One run of a scenario: build everything, play the timeline, check, tear down."""
+
+    def __init__(self, scenario: dict, platforms: dict[str, Platform], *,
+                 base: dict | None = None, duration_s: float | None = None,
+                 seed: int | None = None, directory: Path | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.scenario = scenario
+        self.duration = float(duration_s or scenario.get("duration_s", 60))
+        self.seed = int(seed if seed is not None else scenario.get("seed", 1))
+        self.rng = random.Random(self.seed)
+        self.names = agent_names(scenario)
+        self.users = scenario.get("users") or {}
+        wanted = {u["platform"] for u in self.users.values()} | {
+            s["platform"] for s in scenario.get("timeline") or [] if s.get("platform")}
+        unknown = wanted - set(platforms)
+        if unknown:
+            raise ConfigError(f"no simulated platform named {', '.join(sorted(unknown))}; "
+                              f"available: {', '.join(sorted(platforms))}")
+        self.platforms = {n: p for n, p in platforms.items() if n in wanted}
+        self.base = base or {}
+        self.directory = directory
+        self.progress = progress or (lambda _line: None)
+        self.chats: list[Chat] = []
+        self.done: list[dict] = []
+        self.swarm: TempSwarm | None = None
+        self.agents: SimAgents | None = None
+        self.t0 = 0.0
+
+    def overlay(self) -> dict:
+        agents = self.scenario.get("agents") or {}
+        overlay: dict = {"agents": {"names": self.names},
+                         "health": {"poll_interval_s": 0.5, "timeout_s": 2.0},
+                         "services": {"queue": {"enabled": True},
+                                      "gas": {"enabled": True, "poll_interval_s": 0.5}}}
+        if agents.get("stall_after_s"):
+            overlay["services"]["gas"]["stall_after_s"] = agents["stall_after_s"]
+        for name, platform in self.platforms.items():
+            overlay["services"][name] = platform.overlay(self.base)
+        sinks = list(self.base.get("alerts", {}).get("sinks") or ["log"])
+        overlay["alerts"] = {"sinks": sinks + [n for n in self.platforms if n not in sinks]}
+        return deep_merge(overlay, self.scenario.get("config") or {})
+
+    def run(self) -> Result:
+        with contextlib.ExitStack() as stack:
+            tmp = self.directory or Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="swarm-sim-")))
+            for name, platform in self.platforms.items():
+                users = {u: spec for u, spec in self.users.items() if spec["platform"] == name}
+                platform.start(users, self.base)
+                stack.callback(platform.stop)
+            env: dict[str, str] = {}
+            for platform in self.platforms.values():
+                env |= platform.env()
+            self.swarm = TempSwarm(tmp, self.base, self.overlay(), env)
+            stack.callback(self._stop_swarm)
+            self.progress(f"starting the swarm in {tmp} (seed {self.seed})")
+            self.swarm.start()
+            for platform in self.platforms.values():
+                platform.wait_connected(30)
+            agents = self.scenario.get("agents") or {}
+            self.agents = SimAgents(self.swarm.workspace, self.names, seed=self.seed,
+                                    speed=agents.get("speed", 10.0),
+                                    speeds=agents.get("speeds"), start=agents.get("start"),
+                                    write_every_s=agents.get("write_every_s", 0.5),
+                                    torn_writes=agents.get("torn_writes", 0.2))
+            self.agents.start()
+            stack.callback(self.agents.stop)
+            self.t0 = time.monotonic()
+            self._play()
+            self.progress("checking the expectations")
+            return self._result()
+
+    def _stop_swarm(self) -> None:
+        left = self.swarm.stop()
+        for proc in left:  # nothing may outlive the run
+            with contextlib.suppress(Exception):
+                proc.kill()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _play(self) -> None:
+        steps = []
+        for step in self.scenario.get("timeline") or []:
+            for i in range(step.get("repeat", 1)):
+                steps.append((step["at"] + i * step.get("every_s", 1.0), step))
+        steps.sort(key=lambda s: s[0])
+        talkers: list[threading.Thread] = []
+        lanes: dict[str, list] = {}
+        for at, step in steps:
+            if at >= self.duration:
+                break
+            self._sleep_until(at)
+            if "say" in step:
+                # one lane per user: a user waits for the reply before typing again
+                lane = lanes.setdefault(step["user"], [])
+                lane.append(step)
+                if len(lane) == 1:
+                    t = threading.Thread(target=self._talk, args=(step["user"], lane),
+                                         daemon=True)
+                    t.start()
+                    talkers.append(t)
+            else:
+                self._fault(step)
+        self._sleep_until(self.duration)
+        for t in talkers:
+            t.join(REPLY_TIMEOUT_S + 1)
+
+    def _sleep_until(self, at: float) -> None:
+        while (left := at - self.now()) > 0:
+            time.sleep(min(left, 0.2))
+
+    def _talk(self, user: str, lane: list) -> None:
+        platform = self.platforms[self.users[user]["platform"]]
+        while lane:
+            step = lane[0]
+            t = self.now()
+            try:
+                reply, seconds = platform.say(user, step["say"])
+            except Exception as exc:  # noqa: BLE001 - a platform failure is a finding
+                reply, seconds = None, REPLY_TIMEOUT_S
+                self.progress(f"{user}: {type(exc).__name__}: {exc}")
+            self.chats.append(Chat(t, user, platform.name, step["say"], reply, seconds))
+            self.progress(f"{t:5.1f}s {user}: {step['say']!r} -> "
+                          f"{(reply or 'no reply')[:80]!r} ({seconds * 1000:.0f} ms)")
+            lane.pop(0)
+
+    def _fault(self, step: dict) -> None:
+        kind, target, t = step["fault"], step.get("target"), self.now()
+        try:
+            what = self._inject(kind, target, step)
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+            what = f"could not inject: {type(exc).__name__}: {exc}"
+        self.done.append({"t": round(t, 2), "fault": kind, "target": target, "done": what})
+        self.progress(f"{t:5.1f}s fault {kind} {target or ''}: {what}")
+
+    def _inject(self, kind: str, target: str | None, step: dict) -> str:
+        for_s = float(step.get("for_s", 5.0))
+        if kind == "kill":
+            pid = self.swarm.service(target)["pid"]
+            os.kill(pid, signal.SIGKILL)
+            return f"SIGKILL pid {pid}"
+        if kind == "hang":
+            pid = self.swarm.service(target)["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            later(for_s, _resume, pid)
+            return f"SIGSTOP pid {pid} for {for_s:g}s"
+        if kind == "reload_invalid":  # a value of the wrong type: the schema refuses it
+            good = self.swarm.config_path.read_text()
+            bad = yaml.safe_load(good)
+            bad.setdefault("health", {})["timeout_s"] = "soon"
+            self.swarm.config_path.write_text(yaml.safe_dump(bad))
+            try:
+                proc = self.swarm.cli("reload", check=False)
+            finally:
+                self.swarm.config_path.write_text(good)
+            return ("rejected: " if proc.returncode else "ACCEPTED: ") + \
+                (proc.stderr or proc.stdout).strip()[:200]
+        if kind == "stall":
+            self.agents.stall(target, for_s)
+            return f"{target} stalls for {for_s:g}s"
+        if kind == "crash_agent":
+            self.agents.crash(target, for_s)
+            return f"{target} down for {for_s:g}s"
+        owners = [p for p in self.platforms.values() if kind in p.faults
+                  and step.get("platform") in (None, p.name)]
+        if not owners:
+            raise ConfigError(f"unknown fault {kind!r}")
+        return owners[0].fault(kind, step)
+
+    # -- after ------------------------------------------------------------------------------------
+    def _result(self) -> Result:
+        evidence = Evidence.collect(self)
+        result = Result(self.scenario["name"], self.seed, round(self.now(), 1))
+        for exp in self.scenario.get("expect") or []:
+            (kind, value), = exp.items()
+            ok, detail = CHECKS[kind](evidence, value)
+            result.checks.append({"expect": {kind: value}, "ok": ok, "detail": detail})
+        result.summary = evidence.summary()
+        result.timeline = self.done
+        return result
+
+
+def later(seconds: float, fn: Callable, *args) -> None:
+    """``fn(*args)`` in ``seconds`` (a fault's end), on a daemon timer thread."""
+    timer = threading.Timer(seconds, fn, args)
+    timer.daemon = True
+    timer.start()
+
+
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
+@dataclass
+class Evidence:
+    """What the checks look at: collected once, after the timeline."""
+
+    run: Run
+    status: dict
+    inbox: list[dict]            # every inbox file: agent, id, headers, body
+    events: list                 # the simulated agents' events
+    log: list[dict]              # the swarm's log lines
+    chats: list[Chat]
+
+    @classmethod
+    def collect(cls, run: Run) -> Evidence:
+        status: dict = {}
+        with contextlib.suppress(Exception):  # the healthy check waits; this is a snapshot
+            status = run.swarm.wait_for(lambda s: s["healthy"], timeout=20, what="healthy")
+        if not status:
+            with contextlib.suppress(Exception):
+                status = run.swarm.status()
+        inbox = []
+        for name in run.names:
+            for path in sorted((run.swarm.workspace / name / "inbox").glob("*.md")):
+                headers, body = parse_inbox_file(path.read_text())
+                inbox.append({"agent": name, "id": path.stem, "headers": headers,
+                              "body": body})
+        log = []
+        for path in sorted((run.swarm.data / "logs").glob("swarm.log*")):
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    log.append(json.loads(line))
+        return cls(run, status, inbox, run.agents.snapshot(), log, list(run.chats))
+
+    def gas_files(self) -> list[dict]:
+        return [f for f in self.inbox if f["headers"].get("Gas") in ("prepare", "ready", "go")]
+
+    def restarts(self) -> Counter:
+        """Restarts per service during the run, from the supervisors' log lines (a status
+        count starts again when a supervisor above the service restarts)."""
+        return Counter(e.get("child") for e in self.log if e.get("event") == "child_exited"
+                       and e.get("action") == "restart")
+
+    def summary(self) -> dict:
+        latencies = [c.seconds * 1000 for c in self.chats if c.reply is not None]
+        handoffs = sum(1 for e in self.events if e.kind == "started") - len(
+            self.run.agents.start_with)
+        return {
+            "healthy": bool(self.status.get("healthy")),
+            "messages_delivered": len(self.inbox),
+            "gas_sent": dict(Counter(f["headers"]["Gas"] for f in self.gas_files())),
+            "handoffs": max(0, handoffs),
+            "tasks_completed": sum(1 for e in self.events if e.kind == "reached"),
+            "restarts": dict(self.restarts()),
+            "refused": sum(1 for e in self.log if e.get("event") == "refused"),
+            "chat": {"commands": len(self.chats), "answered": len(latencies),
+                     "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+                     "p95_ms": round(_p95(latencies), 1) if latencies else None},
+            "faults": len(self.run.done),
+            "platforms": {n: p.records() for n, p in self.run.platforms.items()},
+        }
+
+
+def _p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
+
+
+# -- the checks: (evidence, value) -> (ok, detail) -----------------------------------------------
+def _handoff_within(ev: Evidence, within: float) -> tuple[bool, str]:
+    reads = [e for e in ev.events if e.kind == "read" and e.headers.get("Gas") == "go"]
+    judged, late = 0, []
+    for reach in (e for e in ev.events if e.kind == "reached"):
+        names = ev.run.names
+        nxt = names[(names.index(reach.agent) + 1) % len(names)] if len(names) > 1 else None
+        if nxt is None or reach.t + within > ev.run.duration:
+            continue  # fuels nobody, or too close to the end to judge
+        judged += 1
+        got = [r.t for r in reads if r.agent == nxt and r.headers.get("From-Agent") == reach.agent
+               and r.headers.get("Task") == reach.task and r.t >= reach.t - 1.0]
+        if not got or got[0] - reach.t > within:
+            late.append(f"{nxt} after {reach.agent} finished {reach.task}: "
+                        + (f"{got[0] - reach.t:.1f}s" if got else "never"))
+    if not judged:
+        return False, "no agent finished a task early enough to judge"
+    return not late, f"{judged - len(late)} of {judged} handoffs in time" + (
+        "; late: " + "; ".join(late[:5]) if late else "")
+
+
+def _gas_once(ev: Evidence, _value) -> tuple[bool, str]:
+    keys = Counter((f["headers"].get("From-Agent"), f["headers"].get("Task"), f["headers"]["Gas"])
+                   for f in ev.gas_files())
+    twice = [k for k, n in keys.items() if n > 1]
+    return not twice, f"{len(keys)} gas, each once" if not twice else \
+        f"sent more than once: {twice[:5]}"
+
+
+def _delivered_once(ev: Evidence, _value) -> tuple[bool, str]:
+    """No chat message lost or doubled: each text is in at least as many inbox files as the
+    swarm confirmed, and in no more than were attempted (an attempt answered with an error
+    or not at all, e.g. the queue killed mid-request, may or may not have gone through)."""
+    confirmed, attempted = Counter(), Counter()
+    for c in ev.chats:
+        text = _message_text(c.text)
+        if text and not (c.reply and _refusal(c.reply)):
+            attempted[text] += 1
+            confirmed[text] += bool(c.reply and _confirmed(c.reply))
+    wrong, uncertain = [], 0
+    for text, tries in attempted.items():
+        got = sum(1 for f in ev.inbox if f["headers"].get("Type") != "gas" and text in f["body"])
+        uncertain += tries - confirmed[text]
+        if not confirmed[text] <= got <= tries:
+            wrong.append(f"{text!r}: confirmed {confirmed[text]}, attempted {tries}, in {got} "
+                         "inbox file(s)")
+    return not wrong, (f"{sum(confirmed.values())} confirmed chat messages delivered, none "
+                       f"twice ({uncertain} unconfirmed attempts)" if not wrong
+                       else "; ".join(wrong[:5]))
+
+
+def _refusal(reply: str) -> bool:
+    low = reply.lower()
+    return "needs the" in low or " is for " in low
+
+
+def _confirmed(reply: str) -> bool:
+    """The reply says the swarm did it (queued, restarted, reloaded, requeued, nudged)."""
+    low = reply.lower()
+    return any(w in low for w in ("queued for", "sent to", "restarted", "config reloaded",
+                                  "requeued", "nudged"))
+
+
+def _message_text(said: str) -> str | None:
+    """What reaches the inbox for a chat line that sends one message: ``!message A TEXT``,
+    ``!agent A TEXT``, ``!ask TEXT``, ``A: TEXT``; None for anything else."""
+    words = said.split(None, 2)
+    if words and words[0] in ("!message", "!agent") and len(words) == 3:
+        return words[2].strip()
+    if words and words[0] == "!ask" and len(words) > 1:
+        return said.split(None, 1)[1].strip()
+    head, sep, rest = said.partition(":")
+    return rest.strip() if sep and head.strip() and " " not in head.strip() else None
+
+
+def _refused(ev: Evidence, user: str) -> tuple[bool, str]:
+    """The user was refused (logged with their id) and nothing they asked for was done."""
+    label = ev.run.platforms[ev.run.users[user]["platform"]].refused_label(user)
+    hits = [e for e in ev.log if e.get("event") == "refused"
+            and str(e.get("msg", "")).startswith(label)]
+    done = [c.text for c in ev.chats if c.user == user and c.reply and _confirmed(c.reply)]
+    ok = bool(hits) and not done
+    return ok, (f"{len(hits)} refusal(s) logged for {label}, nothing done" if ok else
+                f"refusals logged: {len(hits)}; done anyway: {done[:3]}")
+
+
+def _replied(ev: Evidence, user: str) -> tuple[bool, str]:
+    mine = [c for c in ev.chats if user == "all" or c.user == user]
+    silent = [f"{c.user}: {c.text!r}" for c in mine if c.reply is None]
+    if not mine:
+        return False, "no chat commands to judge"
+    return not silent, f"{len(mine) - len(silent)} of {len(mine)} answered" + (
+        "; silent: " + "; ".join(silent[:5]) if silent else "")
+
+
+def _restarts(ev: Evidence, spec: dict) -> tuple[bool, str]:
+    name = spec["service"]
+    if name not in ev.status.get("services", {}):
+        return False, f"no service {name!r} in the status"
+    n = ev.restarts()[name]
+    ok = spec.get("min", 0) <= n <= spec.get("max", 10**9)
+    return ok, f"{name} restarted {n} time(s)"
+
+
+def _healthy(ev: Evidence, _value) -> tuple[bool, str]:
+    bad = [f"{n}: {s.get('state')}/{s.get('health')}" for n, s in
+           ev.status.get("services", {}).items() if not s.get("healthy", True)]
+    return bool(ev.status.get("healthy")), "every service healthy" if ev.status.get(
+        "healthy") else ("not healthy: " + "; ".join(bad[:6]) if bad else "no status")
+
+
+def _delivered(ev: Evidence, spec: dict) -> tuple[bool, str]:
+    n = sum(1 for f in ev.inbox if f["agent"] == spec["to"] and spec["contains"] in f["body"])
+    return n >= 1, f"{n} inbox file(s) of {spec['to']} contain {spec['contains']!r}"
+
+
+def _stalled(ev: Evidence, agent: str) -> tuple[bool, str]:
+    nudges = [f for f in ev.inbox if f["agent"] == agent and f["headers"].get("Gas") == "nudge"]
+    alerts = [e for e in ev.log if e.get("event") == "alert" and f"{agent} stalled" in str(
+        e.get("msg", ""))]
+    return bool(nudges and alerts), f"{len(nudges)} nudge(s), {len(alerts)} alert(s)"
+
+
+CHECKS: dict[str, Callable[[Evidence, Any], tuple[bool, str]]] = {
+    "handoff_within_s": _handoff_within, "gas_once": _gas_once,
+    "delivered_once": _delivered_once, "refused": _refused, "replied": _replied,
+    "restarts": _restarts, "healthy_at_end": _healthy, "delivered": _delivered,
+    "stalled": _stalled,
+}
+
+
+def render_report(result: Result) -> str:
+    s = result.summary
+    chat = s.get("chat", {})
+    gas = ", ".join(f"{k} {v}" for k, v in sorted(s.get("gas_sent", {}).items())) or "none"
+    restarts = ", ".join(f"{k} {v}" for k, v in s.get("restarts", {}).items()) or "none"
+    latency = (f", p50 {chat['p50_ms']} ms, p95 {chat['p95_ms']} ms"
+               if chat.get("p50_ms") is not None else "")
+    lines = [
+        (f"scenario {result.scenario}: {'PASSED' if result.ok else 'FAILED'} "
+        f"(seed {result.seed}, {result.duration_s:g}s)"),
+        (f"  messages delivered {s.get('messages_delivered', 0)}; gas sent {gas}; handoffs "
+        f"{s.get('handoffs', 0)}; tasks completed {s.get('tasks_completed', 0)}"),
+        (f"  restarts: {restarts}; refused attempts {s.get('refused', 0)}; faults injected "
+        f"{s.get('faults', 0)}"),
+        f"  chat: {chat.get('answered', 0)} of {chat.get('commands', 0)} answered{latency}"]
+    for check in result.checks:
+        (kind, value), = check["expect"].items()
+        lines.append(f"  [{'ok' if check['ok'] else 'FAIL'}] {kind}: {value}: {check['detail']}")
+    return "\n".join(lines)

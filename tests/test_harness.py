@@ -1,0 +1,133 @@
+"""The simulation harness: scenario checks, simulated agents, and every shipped scenario run for
+real (the real swarm, discord.py and twitchio against the simulated platforms); `swarm simulate`
+against an operator's own config, failing by name."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from system.errors import ConfigError
+from system.harness.agents import SimAgents
+from system.harness.scenario import _message_text, check_scenario
+from tests.conftest import ROOT
+
+SCENARIOS = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
+SLOW = os.environ.get("SWARM_SLOW") == "1"
+
+
+def swarm_cli(*args: str, cwd: Path = ROOT, timeout: float = 240):
+    return subprocess.run([sys.executable, "-m", "system.cli", *args], check=False, cwd=cwd,
+                          text=True,
+                          capture_output=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("scenario, problem", [
+    ({"name": "x", "timeline": [{"at": 1, "user": "nobody", "say": "!status"}]},
+     "user 'nobody' is not in users"),
+    ({"name": "x", "timeline": [{"at": 1, "fault": "kill"}]}, "kill needs target"),
+    ({"name": "x", "timeline": [{"at": 1}]}, "give either say (with user) or fault"),
+    ({"name": "x", "expect": [{"everything_fine": True}]}, "unknown expectation 'everything_fine'"),
+    ({"name": "x", "duration_s": -1}, "duration_s: -1 is less than or equal to the minimum"),
+    ({"name": "x", "agents": {"count": 2}, "timeline": [
+        {"at": 1, "fault": "stall", "target": "Agent-7"}]}, "stall needs target: one of Agent-1"),
+])
+def test_a_bad_scenario_is_refused_naming_the_problem(scenario, problem):
+    with pytest.raises(ConfigError) as err:
+        check_scenario(scenario, "s.yaml")
+    assert problem in str(err.value)
+
+
+def test_the_shipped_scenarios_are_valid():
+    assert {p.stem for p in SCENARIOS} >= {"demo", "stall", "chaos"}
+    for path in SCENARIOS:
+        check_scenario(yaml.safe_load(path.read_text()), str(path))
+
+
+def test_message_text_is_what_reaches_the_inbox():
+    assert _message_text("!message Agent-2 check the build") == "check the build"
+    assert _message_text("!ask why is it red?") == "why is it red?"
+    assert _message_text("Agent-3: rerun") == "rerun"
+    assert _message_text("!status") is None and _message_text("hi: there you") == "there you"
+
+
+def test_simulated_agents_read_in_order_mark_read_start_on_go_and_survive_a_crash(tmp_path):
+    agents = SimAgents(tmp_path, ["Agent-1", "Agent-2"], speed=50, start=["Agent-1"],
+                       write_every_s=0.05, torn_writes=0.5, seed=1)
+    agents.start()
+    try:
+        inbox = tmp_path / "Agent-2" / "inbox"
+        (inbox / "m1.md").write_text("# Message m1\nFrom: cli\nType: text\n\nhello\n")
+        time.sleep(0.05)
+        (inbox / "m2.md").write_text("# Message m2\nFrom: gas\nType: gas\nGas: go\n\nGO\n")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                e.kind == "reached" and e.agent == "Agent-2" for e in agents.snapshot()):
+            time.sleep(0.05)
+        events = agents.snapshot()
+        assert [e.message_id for e in events if e.kind == "read"] == ["m1", "m2"]
+        assert (tmp_path / "Agent-2" / "read.log").read_text().split() == ["m1", "m2"]
+        assert sorted(p.name for p in inbox.iterdir()) == ["m1.md", "m2.md"]  # never touched
+        status = json.loads((tmp_path / "Agent-2" / "status.json").read_text())
+        assert status == {**status, "current_task": "Agent-2-task-1", "progress": 100}
+        agents.crash("Agent-2", 0.3)
+        (inbox / "m3.md").write_text("# Message m3\nType: text\n\nafter the crash\n")
+        time.sleep(1.0)
+        reads = [e.message_id for e in agents.snapshot() if e.kind == "read"]
+        assert reads == ["m1", "m2", "m3"], "a restarted agent goes on after read.log"
+    finally:
+        agents.stop()
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_each_shipped_scenario_holds(path):
+    """CI runs each for at most 25 s of timeline; SWARM_SLOW=1 for their full length."""
+    duration = [] if SLOW else ["--duration", str(min(25, yaml.safe_load(
+        path.read_text()).get("duration_s", 60)))]
+    t0 = time.monotonic()
+    proc = swarm_cli("simulate", str(path), "--json", *duration)
+    report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+    failed = [c for c in report.get("checks", []) if not c["ok"]]
+    assert proc.returncode == 0 and report.get("ok"), (failed or proc.stderr[-3000:])
+    assert time.monotonic() - t0 < 120
+    assert report["seed"] == yaml.safe_load(path.read_text())["seed"]
+    assert not list(Path("/tmp").glob("swarm-sim-*/data/pid")), "a swarm left running"
+
+
+def test_simulate_rehearses_the_operators_config_and_names_each_failed_expectation(tmp_path):
+    """The operator's swarm.yaml makes user 4242 an operator by id; the scenario's otto has
+    that id and no harness role: the operator's own rule lets him send. The queue is killed,
+    so an expectation of no queue restart fails, by name, with exit 1."""
+    (tmp_path / "swarm.yaml").write_text(yaml.safe_dump({
+        "agents": {"names": ["Agent-1", "Agent-2"]},
+        "services": {"discord": {"permissions": {"operators": {"users": [4242]}}}}}))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "name": "rehearsal", "duration_s": 8, "seed": 5,
+        "agents": {"names": ["Agent-1", "Agent-2"], "speed": 30},
+        "users": {"otto": {"platform": "discord", "id": 4242},
+                  "vic": {"platform": "discord"}},
+        "timeline": [{"at": 1, "user": "otto", "say": "!message Agent-2 from the rehearsal"},
+                     {"at": 2, "user": "vic", "say": "!message Agent-2 not allowed"},
+                     {"at": 3, "fault": "kill", "target": "queue"}],
+        "expect": [{"delivered": {"to": "Agent-2", "contains": "from the rehearsal"}},
+                   {"refused": "vic"}, {"restarts": {"service": "queue", "max": 0}}]}))
+    proc = swarm_cli("simulate", "s.yaml", "-c", "swarm.yaml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "[ok] delivered" in proc.stdout and "[ok] refused: vic" in proc.stdout
+    assert "[FAIL] restarts" in proc.stdout and "queue restarted 1 time(s)" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_simulate_with_a_bad_file_is_one_clear_line(tmp_path):
+    (tmp_path / "s.yaml").write_text("name: x\ntimeline: [{at: 1, fault: kill}]\n")
+    proc = swarm_cli("simulate", str(tmp_path / "s.yaml"))
+    assert proc.returncode == 1 and "kill needs target" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = swarm_cli("simulate", str(tmp_path / "missing.yaml"))
+    assert proc.returncode == 1 and "cannot read scenario" in proc.stderr

@@ -97,7 +97,7 @@ def test_each_shipped_scenario_holds(path):
     assert proc.returncode == 0 and report.get("ok"), (failed or proc.stderr[-3000:])
     assert time.monotonic() - t0 < 120
     assert report["seed"] == yaml.safe_load(path.read_text())["seed"]
-    assert not list(Path("/tmp").glob("swarm-sim-*/data/pid")), "a swarm left running"
+    assert report["summary"]["left_running"] == 0
 
 
 def test_simulate_rehearses_the_operators_config_and_names_each_failed_expectation(tmp_path):

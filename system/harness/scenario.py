@@ -229,6 +229,7 @@ class Run:
         self.swarm: TempSwarm | None = None
         self.agents: SimAgents | None = None
         self.t0 = 0.0
+        self.left_running = 0
 
     def overlay(self) -> dict:
         agents = self.scenario.get("agents") or {}
@@ -272,10 +273,17 @@ class Run:
             self.t0 = time.monotonic()
             self._play()
             self.progress("checking the expectations")
-            return self._result()
+            result = self._result()
+        result.summary["left_running"] = self.left_running
+        if self.left_running:
+            result.checks.append({"expect": {"nothing_left_running": True}, "ok": False,
+                                  "detail": f"{self.left_running} process(es) killed after "
+                                  "the stop"})
+        return result
 
     def _stop_swarm(self) -> None:
         left = self.swarm.stop()
+        self.left_running = len(left)
         for proc in left:  # nothing may outlive the run
             with contextlib.suppress(Exception):
                 proc.kill()

@@ -51,10 +51,10 @@ def test_the_shipped_scenarios_are_valid():
 
 
 def test_message_text_is_what_reaches_the_inbox():
-    assert _message_text("!message Agent-2 check the build") == "check the build"
-    assert _message_text("!ask why is it red?") == "why is it red?"
-    assert _message_text("Agent-3: rerun") == "rerun"
-    assert _message_text("!status") is None and _message_text("hi: there you") == "there you"
+    assert _message_text("!message Agent-2 check the build") == ("Agent-2", "check the build")
+    assert _message_text("!ask why is it red?") == (None, "why is it red?")
+    assert _message_text("Agent-3: rerun") == ("Agent-3", "rerun")
+    assert _message_text("!status") is None and _message_text("a b: c") is None
 
 
 def test_simulated_agents_read_in_order_mark_read_start_on_go_and_survive_a_crash(tmp_path):
@@ -131,3 +131,42 @@ def test_simulate_with_a_bad_file_is_one_clear_line(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = swarm_cli("simulate", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 1 and "cannot read scenario" in proc.stderr
+
+
+def _random_kills(tmp_path, seconds: int, messages: int):
+    """Random SIGKILLs of every actor kind under queued messages and steady chat on both
+    platforms: nothing lost, nothing twice, no gas twice, healthy at the end."""
+    kinds = ["queue", "gas", "discord", "twitch", "registry", "health", "admin", "core",
+             "services"]
+    scenario = {
+        "name": "random-kills", "duration_s": seconds, "seed": 9,
+        "preload": {"messages": messages},
+        "agents": {"names": ["Agent-1", "Agent-2", "Agent-3"], "speed": 12},
+        "users": {"otto": {"platform": "discord", "role": "operator"},
+                  "mo": {"platform": "twitch", "badges": ["moderator"]}},
+        "timeline": [
+            {"at": 1, "user": "otto", "say": "!message Agent-2 steady", "repeat": seconds * 2,
+             "every_s": 0.5},
+            {"at": 1.2, "user": "mo", "say": "!agent Agent-3 steady", "repeat": seconds * 2,
+             "every_s": 0.5},
+            {"at": 2, "fault": "kill", "targets": kinds, "repeat": seconds // 3,
+             "every_s": 2.5}],
+        "expect": [{"preloaded_delivered": True}, {"gas_once": True},
+                   {"delivered_once": True}, {"healthy_at_end": True}]}
+    (tmp_path / "kills.yaml").write_text(yaml.safe_dump(scenario))
+    proc = swarm_cli("simulate", str(tmp_path / "kills.yaml"), "--json",
+                     timeout=seconds * 4 + 120)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, [c for c in report["checks"] if not c["ok"]]
+    assert report["summary"]["faults"] == seconds // 3
+    assert report["summary"]["left_running"] == 0
+
+
+def test_random_kills_of_every_actor_kind_lose_nothing(tmp_path):
+    _random_kills(tmp_path, seconds=20, messages=5_000)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="60 s of kills under 50,000 messages: SWARM_SLOW=1")
+def test_random_kills_for_a_minute_under_50k_messages(tmp_path):
+    _random_kills(tmp_path, seconds=60, messages=50_000)

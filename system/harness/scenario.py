@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jsonschema
+import msgpack
 import yaml
 
+from system import protocol
 from system.errors import ConfigError
 from system.harness.agents import SimAgents, parse_inbox_file
 from system.harness.swarm import TempSwarm, deep_merge
@@ -62,6 +64,9 @@ SCHEMA: dict = {
         "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "seed": {"type": "integer"},
         "config": {"type": "object", "description": "an overlay on the swarm's config"},
+        "preload": {"type": "object", "additionalProperties": False, "required": ["messages"],
+                    "properties": {"messages": {"type": "integer", "minimum": 1,
+                                                "maximum": 1_000_000}}},
         "agents": {"type": "object", "additionalProperties": False, "properties": {
             "names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "count": {"type": "integer", "minimum": 1, "maximum": 50},
@@ -84,6 +89,8 @@ SCHEMA: dict = {
                            "repeat": {"type": "integer", "minimum": 1, "maximum": 100000},
                            "every_s": {"type": "number", "exclusiveMinimum": 0},
                            "fault": {"type": "string"}, "target": {"type": "string"},
+                           "targets": {"type": "array", "items": {"type": "string"},
+                                       "minItems": 1},
                            "platform": {"type": "string"}, "for_s": _NUMBER}}},
         "expect": {"type": "array", "items": {
             "type": "object", "minProperties": 1, "maxProperties": 1}},
@@ -180,8 +187,10 @@ def check_scenario(data: Any, where: str = "scenario") -> dict:
             errors.append(f"{at}: user {step.get('user')!r} is not in users")
         if step.get("fault") in AGENT_FAULTS and step.get("target") not in names:
             errors.append(f"{at}: {step['fault']} needs target: one of {', '.join(names)}")
-        if step.get("fault") in ("kill", "hang") and not step.get("target"):
-            errors.append(f"{at}: {step['fault']} needs target: a service name")
+        if step.get("fault") in ("kill", "hang") and not (step.get("target")
+                                                          or step.get("targets")):
+            errors.append(f"{at}: {step['fault']} needs target (a service name) or targets "
+                          "(one is picked at random)")
     known = set(CHECKS)
     for n, exp in enumerate(data.get("expect") or []):
         (kind, value), = exp.items()
@@ -230,6 +239,7 @@ class Run:
         self.agents: SimAgents | None = None
         self.t0 = 0.0
         self.left_running = 0
+        self.talking = True
 
     def overlay(self) -> dict:
         agents = self.scenario.get("agents") or {}
@@ -262,6 +272,7 @@ class Run:
             self.swarm.start()
             for platform in self.platforms.values():
                 platform.wait_connected(30)
+            self._preload()
             agents = self.scenario.get("agents") or {}
             self.agents = SimAgents(self.swarm.workspace, self.names, seed=self.seed,
                                     speed=agents.get("speed", 10.0),
@@ -280,6 +291,20 @@ class Run:
                                   "detail": f"{self.left_running} process(es) killed after "
                                   "the stop"})
         return result
+
+    def _preload(self) -> None:
+        """``preload.messages`` queued for the agents before the timeline starts (ids
+        ``preload-N``), in batches as ``swarm send --file`` does."""
+        n = (self.scenario.get("preload") or {}).get("messages", 0)
+        admin = self.swarm.admin(timeout=30)
+        for start in range(0, n, 500):
+            items = [{"recipient": self.names[i % len(self.names)], "id": f"preload-{i}",
+                      "sender": "harness",
+                      "payload": msgpack.packb({"text": f"preloaded message {i}"})}
+                     for i in range(start, min(n, start + 500))]
+            admin.call(protocol.ADMIN_SEND, {"items": items})
+        if n:
+            self.progress(f"{n} messages queued for the agents")
 
     def _stop_swarm(self) -> None:
         left = self.swarm.stop()
@@ -315,6 +340,7 @@ class Run:
             else:
                 self._fault(step)
         self._sleep_until(self.duration)
+        self.talking = False  # what is still waiting in a lane is not sent; the rest answers
         for t in talkers:
             t.join(REPLY_TIMEOUT_S + 1)
 
@@ -324,7 +350,7 @@ class Run:
 
     def _talk(self, user: str, lane: list) -> None:
         platform = self.platforms[self.users[user]["platform"]]
-        while lane:
+        while lane and self.talking:
             step = lane[0]
             t = self.now()
             try:
@@ -348,15 +374,17 @@ class Run:
 
     def _inject(self, kind: str, target: str | None, step: dict) -> str:
         for_s = float(step.get("for_s", 5.0))
+        if step.get("targets"):
+            target = self.rng.choice(step["targets"])
         if kind == "kill":
             pid = self.swarm.service(target)["pid"]
             os.kill(pid, signal.SIGKILL)
-            return f"SIGKILL pid {pid}"
+            return f"SIGKILL {target} (pid {pid})"
         if kind == "hang":
             pid = self.swarm.service(target)["pid"]
             os.kill(pid, signal.SIGSTOP)
             later(for_s, _resume, pid)
-            return f"SIGSTOP pid {pid} for {for_s:g}s"
+            return f"SIGSTOP {target} (pid {pid}) for {for_s:g}s"
         if kind == "reload_invalid":  # a value of the wrong type: the schema refuses it
             good = self.swarm.config_path.read_text()
             bad = yaml.safe_load(good)
@@ -501,22 +529,24 @@ def _gas_once(ev: Evidence, _value) -> tuple[bool, str]:
 
 
 def _delivered_once(ev: Evidence, _value) -> tuple[bool, str]:
-    """No chat message lost or doubled: each text is in at least as many inbox files as the
-    swarm confirmed, and in no more than were attempted (an attempt answered with an error
-    or not at all, e.g. the queue killed mid-request, may or may not have gone through)."""
+    """No chat message lost or doubled: each (agent, text) is in at least as many inbox files
+    as the swarm confirmed, and in no more than were attempted (an attempt answered with an
+    error or not at all, e.g. the queue killed mid-request, may or may not have gone
+    through)."""
     confirmed, attempted = Counter(), Counter()
     for c in ev.chats:
-        text = _message_text(c.text)
-        if text and not (c.reply and _refusal(c.reply)):
-            attempted[text] += 1
-            confirmed[text] += bool(c.reply and _confirmed(c.reply))
+        sent = _message_text(c.text)
+        if sent and not (c.reply and _refusal(c.reply)):
+            attempted[sent] += 1
+            confirmed[sent] += bool(c.reply and _confirmed(c.reply))
     wrong, uncertain = [], 0
-    for text, tries in attempted.items():
-        got = sum(1 for f in ev.inbox if f["headers"].get("Type") != "gas" and text in f["body"])
-        uncertain += tries - confirmed[text]
-        if not confirmed[text] <= got <= tries:
-            wrong.append(f"{text!r}: confirmed {confirmed[text]}, attempted {tries}, in {got} "
-                         "inbox file(s)")
+    for (agent, text), tries in attempted.items():
+        got = sum(1 for f in ev.inbox if f["headers"].get("Type") != "gas" and text in f["body"]
+                  and (agent is None or f["agent"].casefold() == agent.casefold()))
+        uncertain += tries - confirmed[agent, text]
+        if not confirmed[agent, text] <= got <= tries:
+            wrong.append(f"{text!r} to {agent or 'an agent'}: confirmed "
+                         f"{confirmed[agent, text]}, attempted {tries}, in {got} inbox file(s)")
     return not wrong, (f"{sum(confirmed.values())} confirmed chat messages delivered, none "
                        f"twice ({uncertain} unconfirmed attempts)" if not wrong
                        else "; ".join(wrong[:5]))
@@ -534,16 +564,18 @@ def _confirmed(reply: str) -> bool:
                                   "requeued", "nudged"))
 
 
-def _message_text(said: str) -> str | None:
-    """What reaches the inbox for a chat line that sends one message: ``!message A TEXT``,
-    ``!agent A TEXT``, ``!ask TEXT``, ``A: TEXT``; None for anything else."""
+def _message_text(said: str) -> tuple[str | None, str] | None:
+    """(agent or None, text) that reaches an inbox for a chat line that sends one message:
+    ``!message A TEXT``, ``!agent A TEXT``, ``A: TEXT``, ``!ask TEXT`` (interpretation picks
+    the agent); None for anything else."""
     words = said.split(None, 2)
     if words and words[0] in ("!message", "!agent") and len(words) == 3:
-        return words[2].strip()
+        return words[1], words[2].strip()
     if words and words[0] == "!ask" and len(words) > 1:
-        return said.split(None, 1)[1].strip()
+        return None, said.split(None, 1)[1].strip()
     head, sep, rest = said.partition(":")
-    return rest.strip() if sep and head.strip() and " " not in head.strip() else None
+    return (head.strip(), rest.strip()) if sep and head.strip() and " " not in head.strip() \
+        else None
 
 
 def _refused(ev: Evidence, user: str) -> tuple[bool, str]:
@@ -575,6 +607,15 @@ def _restarts(ev: Evidence, spec: dict) -> tuple[bool, str]:
     return ok, f"{name} restarted {n} time(s)"
 
 
+def _preloaded(ev: Evidence, _value) -> tuple[bool, str]:
+    """Every preloaded message in exactly one inbox file (its name is the message id)."""
+    n = (ev.run.scenario.get("preload") or {}).get("messages", 0)
+    got = Counter(f["id"] for f in ev.inbox if f["id"].startswith("preload-"))
+    missing = n - len(got)
+    return not missing and len(got) == n, f"{len(got)} of {n} preloaded messages delivered" + (
+        f"; {missing} missing" if missing else "")
+
+
 def _healthy(ev: Evidence, _value) -> tuple[bool, str]:
     bad = [f"{n}: {s.get('state')}/{s.get('health')}" for n, s in
            ev.status.get("services", {}).items() if not s.get("healthy", True)]
@@ -598,7 +639,7 @@ CHECKS: dict[str, Callable[[Evidence, Any], tuple[bool, str]]] = {
     "handoff_within_s": _handoff_within, "gas_once": _gas_once,
     "delivered_once": _delivered_once, "refused": _refused, "replied": _replied,
     "restarts": _restarts, "healthy_at_end": _healthy, "delivered": _delivered,
-    "stalled": _stalled,
+    "stalled": _stalled, "preloaded_delivered": _preloaded,
 }
 
 

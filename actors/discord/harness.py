@@ -74,10 +74,20 @@ class DiscordPlatform:
             post = self.sim.wait_post(OPS_CHANNEL, timeout=REPLY_TIMEOUT_S, after=sent["id"])
         except TimeoutError:
             return None, time.perf_counter() - t0
-        seconds = time.perf_counter() - t0
-        embeds = " ".join(str(e.get("title") or e.get("description") or "")
-                          for e in post.get("embeds") or [])
-        return (post.get("content") or "") + (" " + embeds if embeds else ""), seconds
+        return _text(post), time.perf_counter() - t0
+
+    def click(self, user: str, control: str) -> tuple[str | None, float]:
+        """Click the button ``control`` (a custom_id such as ``swarm:panel:status``) on the
+        newest control panel in the ops channel."""
+        panel = self.sim.wait_post(OPS_CHANNEL, _newest_panel(self.sim), timeout=5)
+        t0 = time.perf_counter()
+        interaction = self.sim.click(panel, self.ids[user], control)
+        try:
+            response = self.sim.wait_response(
+                interaction, lambda r: r.get("content") or r.get("embeds"), REPLY_TIMEOUT_S)
+        except TimeoutError:
+            return None, time.perf_counter() - t0
+        return _text(response), time.perf_counter() - t0
 
     def refused_label(self, user: str) -> str:
         return f"discord:{self.ids[user]}"
@@ -105,3 +115,16 @@ class DiscordPlatform:
     def stop(self) -> None:
         if self.sim is not None:
             self.sim.stop()
+
+
+def _text(message: dict) -> str:
+    """A reply as one line: its content and its embeds' titles."""
+    embeds = [str(e.get("title") or e.get("description") or "") for e in
+              message.get("embeds") or []]
+    return " ".join(part for part in [message.get("content") or "", *embeds] if part)
+
+
+def _newest_panel(sim: SimDiscordThread):
+    newest = sim.call(lambda s: max((int(m["id"]) for m in s.posts(OPS_CHANNEL)
+                                     if m.get("components")), default=0))
+    return lambda m: bool(m.get("components")) and int(m["id"]) >= newest

@@ -52,7 +52,7 @@ from system.harness.agents import SimAgents, parse_inbox_file
 from system.harness.swarm import TempSwarm, deep_merge
 
 REPLY_TIMEOUT_S = 15.0
-SWARM_FAULTS = ("kill", "hang", "reload_invalid")
+SWARM_FAULTS = ("kill", "hang", "reload_invalid", "kill_swarm")
 AGENT_FAULTS = ("stall", "crash_agent")
 
 _NUMBER = {"type": "number", "minimum": 0}
@@ -86,6 +86,7 @@ SCHEMA: dict = {
             "type": "object", "required": ["at"], "additionalProperties": False,
             "properties": {"at": _NUMBER, "user": {"type": "string"},
                            "say": {"type": "string", "minLength": 1},
+                           "click": {"type": "string", "minLength": 1},
                            "repeat": {"type": "integer", "minimum": 1, "maximum": 100000},
                            "every_s": {"type": "number", "exclusiveMinimum": 0},
                            "fault": {"type": "string"}, "target": {"type": "string"},
@@ -118,6 +119,9 @@ class Platform(Protocol):
 
     def say(self, user: str, text: str) -> tuple[str | None, float]:
         """``user`` types ``text``; (the reply, or None within the timeout; seconds)."""
+
+    def click(self, user: str, control: str) -> tuple[str | None, float]:
+        """``user`` clicks ``control`` (e.g. a button of the control panel); like say."""
 
     def refused_label(self, user: str) -> str:
         """How the swarm's log names the user (the start of its audit label)."""
@@ -181,9 +185,9 @@ def check_scenario(data: Any, where: str = "scenario") -> dict:
     names = agent_names(data)
     for n, step in enumerate(data.get("timeline") or []):
         at = f"{where}: timeline.{n}"
-        if ("say" in step) == ("fault" in step):
-            errors.append(f"{at}: give either say (with user) or fault")
-        if "say" in step and step.get("user") not in users:
+        if sum(k in step for k in ("say", "click", "fault")) != 1:
+            errors.append(f"{at}: give one of say or click (with user), or fault")
+        if ("say" in step or "click" in step) and step.get("user") not in users:
             errors.append(f"{at}: user {step.get('user')!r} is not in users")
         if step.get("fault") in AGENT_FAULTS and step.get("target") not in names:
             errors.append(f"{at}: {step['fault']} needs target: one of {', '.join(names)}")
@@ -328,7 +332,7 @@ class Run:
             if at >= self.duration:
                 break
             self._sleep_until(at)
-            if "say" in step:
+            if "fault" not in step:
                 # one lane per user: a user waits for the reply before typing again
                 lane = lanes.setdefault(step["user"], [])
                 lane.append(step)
@@ -353,13 +357,15 @@ class Run:
         while lane and self.talking:
             step = lane[0]
             t = self.now()
+            said = step.get("say") or f"[click {step['click']}]"
             try:
-                reply, seconds = platform.say(user, step["say"])
+                reply, seconds = platform.say(user, step["say"]) if "say" in step \
+                    else platform.click(user, step["click"])
             except Exception as exc:  # noqa: BLE001 - a platform failure is a finding
                 reply, seconds = None, REPLY_TIMEOUT_S
                 self.progress(f"{user}: {type(exc).__name__}: {exc}")
-            self.chats.append(Chat(t, user, platform.name, step["say"], reply, seconds))
-            self.progress(f"{t:5.1f}s {user}: {step['say']!r} -> "
+            self.chats.append(Chat(t, user, platform.name, said, reply, seconds))
+            self.progress(f"{t:5.1f}s {user}: {said!r} -> "
                           f"{(reply or 'no reply')[:80]!r} ({seconds * 1000:.0f} ms)")
             lane.pop(0)
 
@@ -396,6 +402,18 @@ class Run:
                 self.swarm.config_path.write_text(good)
             return ("rejected: " if proc.returncode else "ACCEPTED: ") + \
                 (proc.stderr or proc.stdout).strip()[:200]
+        if kind == "kill_swarm":  # every process at once, then `swarm start` on the same data
+            procs = self.swarm.processes()
+            for proc in procs:
+                with contextlib.suppress(Exception):
+                    proc.kill()
+            for proc in procs:
+                with contextlib.suppress(Exception):
+                    proc.wait(5)
+            self.swarm.start()
+            for platform in self.platforms.values():
+                platform.wait_connected(30)
+            return f"SIGKILL of all {len(procs)} processes, then swarm start: running again"
         if kind == "stall":
             self.agents.stall(target, for_s)
             return f"{target} stalls for {for_s:g}s"

@@ -60,7 +60,7 @@ def cmd_simulate(args) -> int:
 
 def _run(args, scenario: dict, base: dict) -> int:
     as_json = getattr(args, "json", False)
-    quiet = args.quiet or as_json
+    quiet = args.quiet  # progress goes to stderr: --json output stays clean
 
     def progress(line: str) -> None:
         if not quiet:

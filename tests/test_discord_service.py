@@ -315,6 +315,10 @@ def test_gas_milestones_reach_the_status_channel_and_gas_commands_work(make_swar
     assert "HANDOFF 91%" in reply_text(sim, sim.slash(OPS, VIEWER, "gas"))
     assert "Nudged Agent-1" in reply_text(sim, sim.slash(OPS, OPERATOR, "unstall",
                                                          {"agent": "Agent-1"}))
+    swarm.cli("gas", "progress", "Agent-1", "100")
+    sim.wait_post(STATUS_CH, lambda m: "Agent-1 completed build" in m["content"], timeout=15)
+    assert any("Agent-1 unstalled" in p["content"] for p in sim.posts(STATUS_CH))
+    assert "0 working" in swarm.service("gas")["detail"]  # Agent-1 is COMPLETE
 
 
 def test_in_a_direct_message_only_user_id_rules_count_and_server_commands_are_refused(

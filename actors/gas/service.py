@@ -116,6 +116,9 @@ class GasService(ServiceActor):
         self.states[agent] = state
         for row in rows:
             self.outbox[row["msg_id"]] = row
+        if "go" in due:  # the cycle's last threshold: once per task, as the gas itself
+            self.notify("gas", f"{agent} completed {task}", key=f"gas:complete:{agent}:"
+                        f"{state.cycle}", agent=agent, task=task)
 
     def _check_stalls(self, now: float) -> None:
         for agent, state in list(self.states.items()):
@@ -208,6 +211,7 @@ class GasService(ServiceActor):
         state = self.states[agent] = relay.unstall(state, time.time())
         self.ledger.save(state, [])
         self._nudge(state)
+        self.notify("gas", f"{agent} unstalled (nudged again)", agent=agent, task=state.task)
         self._flush()
         self.reply(sender, env, protocol.OK, self._view(agent))
 
@@ -266,8 +270,10 @@ class GasService(ServiceActor):
     def health(self) -> tuple[str, str]:
         stalled = sorted(a for a, s in self.states.items() if s.stalled)
         waiting = len(self.outbox)
-        detail = f"{len(self.states)} agents seen; {waiting} gas waiting for the queue" \
-            if waiting else f"{len(self.states)} agents seen"
+        working = sum(1 for s in self.states.values() if relay.stage(s, self.thresholds)
+                      in ("ACTIVE", "PRIMED", "HANDOFF"))
+        detail = f"{len(self.states)} agents seen, {working} working" + (
+            f"; {waiting} gas waiting for the queue" if waiting else "")
         if stalled:
             detail += f"; stalled: {', '.join(stalled)}"
         if self.problems:

@@ -11,10 +11,19 @@ each request: the admin may have restarted), carrying the principal, so CLI and 
     queue_id = await admin.send(who, "Agent-1", "rerun the tests")   # ActionFailed: one line
 
 Rendering the answers is each platform's own business (embeds, one chat line).
+
+A command the client has received but not answered when its process dies (a SIGKILL, an OOM
+kill) would be lost without a word: the platform does not deliver it again. The
+:class:`Journal` keeps such commands in SQLite until they are answered; the next start tells
+each user that theirs was interrupted and may or may not have been done.
 """
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from thespian.actors import ActorExitRequest
 
@@ -26,6 +35,51 @@ from system.service import ServiceActor
 ASK_TIMEOUT_S = 14.0    # the loop's wait; the admin gives up on its own hops after 10 s
 ADMIN_TIMEOUT_S = 12.0  # the actor's wait for the admin's answer
 PRIORITIES = ("urgent", "high", "normal", "low")
+
+
+JOURNAL_MAX_AGE_S = 600.0  # older interrupted commands are dropped, not announced
+
+
+class Journal:
+    """Commands being handled, in ``path`` (SQLite): :meth:`begin` when one arrives,
+    :meth:`end` when it was answered, :meth:`interrupted` at the next start. The writes run
+    in order on one worker thread and are not awaited: they cost the command nothing (a
+    command that arrived just before the process died may be missed: it was not written)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, "
+                        "channel TEXT, user TEXT, text TEXT, at REAL)")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-journal")
+
+    def interrupted(self, now: float | None = None) -> list[dict]:
+        """The commands a previous process left unanswered (recent ones), forgotten now."""
+        now = time.time() if now is None else now
+        rows = self.db.execute("SELECT key, channel, user, text, at FROM inflight "
+                               "WHERE at > ? ORDER BY at", (now - JOURNAL_MAX_AGE_S,)).fetchall()
+        self.db.execute("DELETE FROM inflight")
+        return [dict(zip(("key", "channel", "user", "text", "at"), r)) for r in rows]
+
+    def begin(self, key: str, channel: str, user: str, text: str) -> None:
+        self._later("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?, ?, ?)",
+                    (key, channel, user, text[:200], time.time()))
+
+    def end(self, key: str) -> None:
+        self._later("DELETE FROM inflight WHERE key = ?", (key,))
+
+    def _later(self, sql: str, args: tuple) -> None:
+        self.worker.submit(self.db.execute, sql, args)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True)
+        self.db.close()
+
+
+def interrupted_notice(text: str) -> str:
+    return (f"your command `{text}` was interrupted by a restart of the bot; it may or may "
+            "not have been done: check status before trying again.")
 
 
 class ActionFailed(Exception):

@@ -1,6 +1,9 @@
 """Fixtures that run real swarms: multiprocTCPBase on a free port, a temp data_dir, the real CLI."""
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,21 @@ class Swarm(TempSwarm):
 
     def cleanup(self) -> None:
         assert not self.stop(), "swarm processes left behind"
+
+
+def wait_inflight(swarm, platform: str, timeout: float = 10.0) -> None:
+    """Until the chat service's journal holds a command being handled."""
+    db = swarm.dir / "data" / platform / "inflight.db"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                if conn.execute("SELECT count(*) FROM inflight").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no command in the journal")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 actor, against the simulated Discord on 127.0.0.1."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 
 from actors.discord.simulator import GUILD_ID, SimDiscordThread
 from system import protocol
+from tests.conftest import wait_inflight
 
 
 def test_without_a_token_discord_is_disabled_with_the_key_to_set_and_never_restarts(make_swarm):
@@ -350,3 +352,20 @@ def test_in_a_direct_message_only_user_id_rules_count_and_server_commands_are_re
     assert "panel" not in answer(by_id, "!help")["content"]
     log = (swarm.dir / "data" / "logs" / "swarm.log").read_text()
     assert '"event": "command_error"' not in log and "Traceback" not in log
+
+
+def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(discord_swarm, sim):
+    """The admin is hung (SIGSTOP), so !status waits for it; the discord actor is SIGKILLed
+    meanwhile. The next start tells the user their command was interrupted."""
+    services = discord_swarm.status()["services"]
+    admin_pid, discord_pid = services["admin"]["pid"], services["discord"]["pid"]
+    os.kill(admin_pid, signal.SIGSTOP)  # the health monitor soon kills it as unresponsive
+    try:
+        sim.message(OPS, OPERATOR, "!status")
+        wait_inflight(discord_swarm, "discord")
+        os.kill(discord_pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(admin_pid, signal.SIGCONT)
+    post = sim.wait_post(OPS, lambda m: "was interrupted" in m["content"], timeout=30)
+    assert f"<@{OPERATOR}>" in post["content"] and "`!status`" in post["content"]

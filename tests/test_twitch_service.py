@@ -14,7 +14,7 @@ import pytest
 
 from actors.twitch.simulator import BOT_ID, CLIENT_ID, CLIENT_SECRET, SimTwitchThread
 from system import protocol
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_inflight
 
 AGENTS = ["Agent-1", "Agent-2", "Agent-3"]
 MOD, VIP, SUB, VIEWER, ALLOWED = "mo", "vi", "sue", "vic", "allie"
@@ -362,3 +362,19 @@ def test_two_channels_each_answered_where_asked_and_the_owner_is_an_admin(make_s
     sim.chat("botowner", "!agent Agent-1 from the owner", channel="otherchan")
     reply = sim.wait_sent(lambda m: m["text"].startswith("@botowner queued"), 10, since)
     assert reply["channel"] == other["id"]
+
+
+def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(twitch_swarm, sim):
+    services = twitch_swarm.status()["services"]
+    admin_pid, twitch_pid = services["admin"]["pid"], services["twitch"]["pid"]
+    os.kill(admin_pid, signal.SIGSTOP)  # !status waits for it; the health monitor kills it
+    try:
+        since = len(sim.records()["sent"])
+        sim.chat(VIEWER, "!status")
+        wait_inflight(twitch_swarm, "twitch")
+        os.kill(twitch_pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(admin_pid, signal.SIGCONT)
+    line = sim.wait_sent(lambda m: "was interrupted" in m["text"], 30, since)
+    assert line["text"].startswith(f"@{VIEWER} ") and "`!status`" in line["text"]

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from actors.chat import Journal, interrupted_notice
 from actors.discord import panel
 from actors.discord.actions import (
     COMMANDS,
@@ -56,7 +57,8 @@ def needs(command: str):
 class SwarmBot(commands.Bot):
     """One bot object per connection attempt (a closed discord.py client cannot restart)."""
 
-    def __init__(self, settings: Settings, bridge, **kw):
+    def __init__(self, settings: Settings, bridge, journal: Journal, interrupted: list[dict],
+                 **kw):
         intents = discord.Intents.none()
         intents.guilds = intents.guild_messages = intents.message_content = True
         intents.dm_messages = True  # commands in a DM: the policy decides by user id
@@ -65,6 +67,8 @@ class SwarmBot(commands.Bot):
                          allowed_mentions=discord.AllowedMentions.none(), max_messages=200, **kw)
         self.settings = settings
         self.bridge = bridge
+        self.journal = journal
+        self.interrupted = interrupted  # shared by the run's bots: the first ready tells them
         self.policy = Policy.from_config(settings.permissions, COMMANDS)
         self.actions = Actions(bridge, settings.agents)
 
@@ -88,6 +92,15 @@ class SwarmBot(commands.Bot):
     async def on_ready(self) -> None:  # also after a failed RESUME: state only, no setup
         self.bridge.post(("connection", {"state": "ready", "user": str(self.user),
                                          "guilds": len(self.guilds), "latency": self.latency}))
+        while self.interrupted:
+            entry = self.interrupted.pop(0)
+            try:
+                channel = self.get_channel(int(entry["channel"])) \
+                    or await self.fetch_channel(int(entry["channel"]))
+                await channel.send(f"<@{entry['user']}> " + interrupted_notice(entry["text"]))
+            except discord.HTTPException as exc:
+                self.bridge.log("warning", "interrupted_notice", f"could not tell "
+                                f"{entry['user']} about {entry['text']!r}: {exc}")
 
     async def on_resumed(self) -> None:
         self.bridge.post(("connection", {"state": "ready", "user": str(self.user),
@@ -122,14 +135,23 @@ class SwarmBot(commands.Bot):
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot:
             return
-        if message.content.startswith(self.settings.prefix):
-            await self.process_commands(message)
+        command = message.content.startswith(self.settings.prefix)
+        parsed = None if command or not self.settings.forward_plain_text \
+            else plain_message(message.content, self.settings.agents)
+        if not command and parsed is None:
             return
-        if not self.settings.forward_plain_text:
-            return
-        parsed = plain_message(message.content, self.settings.agents)
-        if parsed is None:
-            return
+        key = str(message.id)  # journaled until answered: a SIGKILL meanwhile is told later
+        self.journal.begin(key, str(message.channel.id), str(message.author.id),
+                           message.content)
+        try:
+            if command:
+                await self.process_commands(message)
+            else:
+                await self._plain(message, parsed)
+        finally:
+            self.journal.end(key)
+
+    async def _plain(self, message: discord.Message, parsed: tuple[str, str]) -> None:
         decision = self.authorize(message.author, "message", via="plain text",
                                   where=message.guild)
         if not decision.allowed:

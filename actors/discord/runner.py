@@ -15,6 +15,7 @@ import time
 import discord
 import yarl
 
+from actors.chat import Journal
 from actors.discord.bot import SwarmBot
 from actors.discord.reporter import ChannelReporter
 from actors.discord.settings import Settings
@@ -107,11 +108,13 @@ class StatusPoster:
 async def run(bridge, settings: Settings, poster: StatusPoster) -> None:
     """Connect, and connect again, until a final failure (then ``("fatal", reason)``)."""
     point_at(settings)
+    journal = await asyncio.to_thread(Journal, settings.journal)
+    interrupted = await asyncio.to_thread(journal.interrupted)  # told on the first ready
     poster_task = asyncio.create_task(poster.run())
     delay = BACKOFF_INITIAL_S
     try:
         while True:
-            bot = poster.bot = SwarmBot(settings, bridge)
+            bot = poster.bot = SwarmBot(settings, bridge, journal, interrupted)
             bridge.post(("connection", {"state": "connecting"}))
             started = time.monotonic()
             watcher = asyncio.create_task(_latency(bot, bridge))
@@ -136,6 +139,7 @@ async def run(bridge, settings: Settings, poster: StatusPoster) -> None:
             delay = min(delay * 2, BACKOFF_MAX_S)
     finally:
         poster_task.cancel()
+        await asyncio.to_thread(journal.close)
 
 
 async def _latency(bot: SwarmBot, bridge) -> None:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 from system.errors import NotConfigured
@@ -30,6 +31,8 @@ class Settings(NamedTuple):
     agents: tuple[str, ...]
     services: tuple[str, ...]
     """Services the panel's restart select offers (the enabled ones, core excluded)."""
+    journal: Path
+    """Commands being handled (actors/chat.py Journal)."""
 
 
 def settings_from(config: dict) -> Settings:
@@ -52,4 +55,6 @@ def settings_from(config: dict) -> Settings:
         identify_delay_s=float(block.get("identify_delay_s", 5.0)),
         agents=tuple(config.get("agents", {}).get("names", [])),
         services=tuple(name for name, b in config.get("services", {}).items()
-                       if b.get("enabled", True)))
+                       if b.get("enabled", True)),
+        journal=Path(config.get("system", {}).get("data_dir") or "swarm-data") / "discord"
+        / "inflight.db")

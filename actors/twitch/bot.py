@@ -20,7 +20,7 @@ import twitchio
 from twitchio import eventsub
 from twitchio.ext import commands
 
-from actors.chat import ActionFailed, AdminClient
+from actors.chat import ActionFailed, AdminClient, Journal, interrupted_notice
 from actors.twitch import render
 from actors.twitch.interpret import ChatEchoes, Kind, interpret, route
 from actors.twitch.levels import refusal
@@ -74,7 +74,7 @@ class SwarmTwitchBot(commands.Bot):
     """One bot object per connection attempt."""
 
     def __init__(self, settings: Settings, bridge, output, quotes: QuoteBook,
-                 token: tuple[str, str], store):
+                 token: tuple[str, str], store, journal: Journal, interrupted: list[dict]):
         super().__init__(client_id=settings.client_id, client_secret=settings.client_secret,
                          bot_id=settings.bot_id, prefix=settings.prefix)
         self.settings = settings
@@ -82,6 +82,8 @@ class SwarmTwitchBot(commands.Bot):
         self.output = output
         self.quotes = quotes
         self.store = store
+        self.journal = journal
+        self.interrupted = interrupted  # shared by the run's bots: the first ready tells them
         self._token = token
         self.admin = AdminClient(bridge, settings.agents, "twitch")
         self.channel_ids: dict[str, str] = {}  # broadcaster id -> login, once resolved
@@ -115,6 +117,10 @@ class SwarmTwitchBot(commands.Bot):
 
     async def event_ready(self) -> None:
         self.bridge.post(("connection", {"state": "ready"}))
+        while self.interrupted:
+            entry = self.interrupted.pop(0)
+            self.output.say(entry["channel"], f"@{entry['user']} "
+                            + interrupted_notice(entry["text"]), Priority.CONFIRM)
 
     async def event_websocket_welcome(self, payload: twitchio.WebsocketWelcome) -> None:
         self.session_id = payload.id
@@ -149,7 +155,13 @@ class SwarmTwitchBot(commands.Bot):
         self.output.lines[channel] += 1
         text = payload.text or ""
         if text.startswith(self.settings.prefix):
-            await self.process_commands(payload)
+            key = str(payload.id)  # journaled until answered: a SIGKILL meanwhile is told later
+            self.journal.begin(key, channel, payload.chatter.name or str(payload.chatter.id),
+                               text)
+            try:
+                await self.process_commands(payload)
+            finally:
+                self.journal.end(key)
             return
         await self._free_text(payload, text)
 

@@ -20,7 +20,7 @@ import twitchio
 import twitchio.eventsub.websockets
 import twitchio.http
 
-from actors.chat import ActionFailed, AdminClient
+from actors.chat import ActionFailed, AdminClient, Journal
 from actors.twitch import render
 from actors.twitch.bot import ChannelNotFound, SwarmTwitchBot
 from actors.twitch.limiter import Priority
@@ -166,13 +166,16 @@ async def run(bridge, settings: Settings, output: ChatOutput) -> None:
     settings.quotes_db.parent.mkdir(parents=True, exist_ok=True)
     quotes = await asyncio.to_thread(QuoteBook, settings.quotes_db, settings.quotes_file,
                                      extra=_brain_quotes(bridge, settings))
+    journal = await asyncio.to_thread(Journal, settings.journal)
+    interrupted = await asyncio.to_thread(journal.interrupted)  # told on the first ready
     helpers = [asyncio.create_task(output.run()), asyncio.create_task(_stats(bridge, output)),
                asyncio.create_task(_timer(settings, output))]
     delay = BACKOFF_INITIAL_S
     try:
         while True:
             token = await asyncio.to_thread(store.load)
-            bot = SwarmTwitchBot(settings, bridge, output, quotes, token, store)
+            bot = SwarmTwitchBot(settings, bridge, output, quotes, token, store, journal,
+                                 interrupted)
             bridge.post(("connection", {"state": "connecting"}))
             started = time.monotonic()
             watchdog = asyncio.create_task(_watch(bot, settings, bridge))
@@ -198,6 +201,7 @@ async def run(bridge, settings: Settings, output: ChatOutput) -> None:
         for task in helpers:
             task.cancel()
         await asyncio.to_thread(quotes.close)
+        await asyncio.to_thread(journal.close)
 
 
 def _brain_quotes(bridge, settings: Settings):

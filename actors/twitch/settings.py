@@ -55,6 +55,8 @@ class Settings(NamedTuple):
     quotes_file: Path | None
     resubscribe_after_s: float
     agents: tuple[str, ...]
+    journal: Path
+    """Commands being handled (actors/chat.py Journal)."""
 
     def limiter(self) -> OutputLimiter:
         return OutputLimiter(**self.limits)
@@ -112,4 +114,5 @@ def settings_from(config: dict) -> Settings:
         quotes_db=Path(quotes.get("db") or data_dir / "twitch" / "quotes.db"),
         quotes_file=Path(quotes["file"]) if quotes.get("file") else None,
         resubscribe_after_s=float(block.get("resubscribe_after_s", 5.0)),
-        agents=tuple(config.get("agents", {}).get("names", [])))
+        agents=tuple(config.get("agents", {}).get("names", [])),
+        journal=data_dir / "twitch" / "inflight.db")

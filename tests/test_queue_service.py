@@ -268,14 +268,21 @@ def test_rates_latency_and_health():
     assert lat.percentiles(10.0) == {"p50": 51.0, "p95": 96.0, "p99": 100.0, "samples": 100}
     assert lat.percentiles(100.0)["samples"] == 0
     stats = {"depth": {"ready": 5, "leased": 0, "dead": 0, "total": 5}, "oldest_ready_age_s": 2}
-    kw = {"max_depth": 10, "max_age_s": 60, "storage_errors": 0, "fail_after": 3,
-          "writable": True}
+    disk = core.StorageState()
+    kw = {"max_depth": 10, "max_age_s": 60, "fail_after": 3, "storage": disk}
     assert core.health(stats, **kw)[0] == "ok"
     assert core.health(stats, **{**kw, "max_depth": 4})[1].startswith("depth 5 > 4")
     assert "oldest ready" in core.health(stats, **{**kw, "max_age_s": 1})[1]
-    assert core.health(stats, **{**kw, "writable": False})[0] == "degraded"
-    assert core.health(stats, **{**kw, "storage_errors": 3, "last_error": "disk I/O"}) == (
-        "failing", "3 storage errors in a row: disk I/O")
+    disk.failed(sqlite3.OperationalError("disk I/O error"), now=0.0)
+    assert core.health(stats, **kw) == (
+        "degraded", ("storage error: OperationalError: disk I/O error (ready 5, leased 0, "
+                     "dead 0, oldest 2.0s)"))
+    disk.failed(sqlite3.OperationalError("disk I/O error"), now=1.0)
+    disk.failed(sqlite3.OperationalError("disk I/O error"), now=2.0)
+    assert core.health(stats, **kw)[1].startswith(
+        "storage error: OperationalError: disk I/O error (3 storage errors in a row; ready 5")
+    disk.recovered(now=3.0)
+    assert core.health(stats, **kw)[0] == "ok"
 
 
 def test_subscriptions_are_idempotent_per_address_and_target():

@@ -10,7 +10,9 @@ rates, latency and health. No Thespian, no SQLite: the actor shell (``service.py
 """
 from __future__ import annotations
 
+import errno
 import math
+import sqlite3
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -527,24 +529,96 @@ class LatencyWindow:
         return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "samples": len(values)}
 
 
-def health(stats: dict, *, max_depth: int, max_age_s: float, storage_errors: int,
-           fail_after: int, writable: bool, last_error: str = "") -> tuple[str, str]:
+def health(stats: dict, *, max_depth: int, max_age_s: float, storage: StorageState,
+           fail_after: int) -> tuple[str, str]:
     """(ok|degraded|failing, detail) from a stats snapshot and the storage state."""
     depth = stats["depth"]
     summary = (f"ready {depth['ready']}, leased {depth['leased']}, dead {depth['dead']}, "
                f"oldest {stats['oldest_ready_age_s']:.1f}s")
-    if storage_errors >= fail_after:
-        return "failing", f"{storage_errors} storage errors in a row: {last_error}"
+    if storage.errors >= fail_after:
+        return "failing", (f"{storage.problem}: {storage.last_error} ({storage.errors} storage "
+                           f"errors in a row; {summary})")
     problems = []
-    if not writable:
-        problems.append("database not writable")
+    if not storage.writable:
+        problems.append(f"{storage.problem}: {storage.last_error or 'database not writable'}")
     if depth["ready"] > max_depth:
         problems.append(f"depth {depth['ready']} > {max_depth}")
     if stats["oldest_ready_age_s"] > max_age_s:
         problems.append(f"oldest ready {stats['oldest_ready_age_s']:.0f}s > {max_age_s:g}s")
-    if storage_errors:
-        problems.append(f"storage error: {last_error}")
     return ("degraded", "; ".join(problems) + f" ({summary})") if problems else ("ok", summary)
+
+
+# -- storage outages -------------------------------------------------------------------------------
+MIN_FREE_BYTES = 1 << 20  # free space beside the database that ends a disk-full outage
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full").
+
+    >>> is_disk_full(sqlite3.OperationalError("database or disk is full"))
+    True
+    >>> is_disk_full(sqlite3.OperationalError("disk I/O error"))
+    False
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    return isinstance(exc, sqlite3.Error) and (
+        getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc))
+
+
+class StorageState:
+    """Whether the queue's database can be written: an outage starts at the first storage error
+    (any call of the store: a commit, a read, the write probe) and ends only when the write
+    probe succeeds, never with a write that happened to succeed in between. On a full disk
+    SQLite still fits a small commit into space its files hold already (a failed commit's WAL
+    frames are overwritten by the next one) while the next larger commit fails, so "a write
+    worked" would end and restart the outage over and over. So the probe that ends a disk-full
+    outage also asks for MIN_FREE_BYTES of free space: it fails until space was really freed.
+    (A full disk on which SQLite still has room, in its WAL and free pages, is no outage:
+    nothing fails there.)
+
+        >>> s = StorageState()
+        >>> s.failed(OSError(28, "No space left on device"), now=10.0)  # the outage starts
+        True
+        >>> s.failed(sqlite3.OperationalError("database or disk is full"), now=11.0)
+        False
+        >>> s.writable, s.errors, s.problem
+        (False, 2, 'disk full')
+        >>> s.recovered(now=15.0), s.writable, s.errors
+        (5.0, True, 0)
+    """
+
+    def __init__(self) -> None:
+        self.errors = 0        # storage errors since the outage began (0: no outage)
+        self.last_error = ""
+        self.problem = ""      # "disk full" | "storage error"
+        self.since: float | None = None  # when the outage began
+
+    @property
+    def writable(self) -> bool:
+        return self.since is None
+
+    def failed(self, exc: BaseException, now: float) -> bool:
+        """Record a storage error; True if it starts an outage (alert once, then)."""
+        self.errors += 1
+        full = is_disk_full(exc)
+        if full or self.problem != "disk full":  # a full disk stays the named cause
+            self.problem = "disk full" if full else "storage error"
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self.since is None:
+            self.since = now
+            return True
+        return False
+
+    def recovered(self, now: float) -> float | None:
+        """The write probe succeeded: the outage (if any) is over; returns how long it lasted."""
+        since, self.since, self.errors, self.problem = self.since, None, 0, ""
+        return None if since is None else max(now - since, 0.0)
+
+    def view(self) -> dict:
+        return {"writable": self.writable, "problem": self.problem, "errors": self.errors,
+                "last_error": self.last_error, "since": self.since}
 
 
 class QuietBytes(bytes):

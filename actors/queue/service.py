@@ -108,8 +108,8 @@ class QueueService(ServiceActor):
         self.inflight = core.InFlight()
         self.rates = core.RateWindow()
         self.latency = core.LatencyWindow()
-        self.storage_errors, self.last_storage_error = 0, ""
-        self.writable, self.last_probe = True, 0.0
+        self.disk = core.StorageState()  # storage outages: health, the alert, the probe
+        self.last_probe = 0.0
         self.pump_timer = False
         self.flush_timer = -1  # the group (GroupCommit.seq) whose window timer is running
         self.inbox_turn = self.pull_turn = 0  # who goes first in a round over recipients
@@ -168,7 +168,11 @@ class QueueService(ServiceActor):
                 self.on_stop()
                 raise ConfigError(f"agents.names: {exc}") from exc
             swept = self.sink.sweep_temp()
-            released = self.store.release_leases(INBOX_OWNER)
+            try:  # a write: on a full disk it fails, and a start must not (no restart loop)
+                released = self._db(self.store.release_leases, INBOX_OWNER)
+            except _STORAGE_ERRORS as exc:  # they come back at their lease expiry instead
+                self.error_stats.record(classify(exc), str(exc))
+                released = 0
         stats = self.store.stats()
         self.rates.sample(time.time(), stats["totals"])
         self.log("info", "queue_open", f"queue {self.db_path}: {stats['depth']['total']} "
@@ -191,10 +195,9 @@ class QueueService(ServiceActor):
         except _STORAGE_ERRORS:
             stats = None
         if stats is None:
-            return "failing", f"storage error: {self.last_storage_error}"
+            return "failing", f"{self.disk.problem}: {self.disk.last_error}"
         return core.health(stats, max_depth=self.max_depth, max_age_s=self.max_age_s,
-                           storage_errors=self.storage_errors, fail_after=self.fail_after,
-                           writable=self.writable, last_error=self.last_storage_error)
+                           storage=self.disk, fail_after=self.fail_after)
 
     def send(self, target, message) -> None:
         """Every send of the queue: large envelopes as :class:`core.QuietBytes`."""
@@ -203,16 +206,29 @@ class QueueService(ServiceActor):
         super().send(target, message)
 
     def _db(self, fn, *args, **kw):
-        """Call the store; a storage error counts towards health ``failing`` and makes the next
-        tick probe writability. Only a write that reached the disk (the write probe, a
-        committed enqueue) resets the count: many calls succeed without touching the file."""
+        """Call the store. A storage error starts an outage (:class:`core.StorageState`), or
+        counts towards health ``failing`` in one; the first of an outage is logged and raises
+        the one alert (key ``NAME:storage``). Only a good write probe ends an outage (ticks
+        probe at once while it lasts). The caller answers, and records the error in
+        ``error_stats`` (the base does for what escapes a handler or a timer)."""
         try:
             return fn(*args, **kw)
         except _STORAGE_ERRORS as exc:
-            self.storage_errors += 1
-            self.last_storage_error = f"{type(exc).__name__}: {exc}"[:300]
             self.last_probe = 0.0
+            if self.disk.failed(exc, time.time()):
+                self._outage_began()
             raise
+
+    def _outage_began(self) -> None:
+        what, error = self.disk.problem, self.disk.last_error
+        self.log("error", "not_writable", f"the queue database {self.db_path} cannot be "
+                 f"written ({what}): {error}", problem=what)
+        self.alert("error", f"queue database {what}: {self.db_path}", details=(
+            f"{error}. Enqueues are refused with error 'storage' (not committed: producers "
+            f"retry with the same ids); delivery, lease expiry and retention wait; nothing "
+            f"stored is lost. Clears itself once the database can be written again"
+            + (f" with {core.MIN_FREE_BYTES >> 20} MiB free" if what == "disk full" else "")
+            + "."), key=f"{self.name}:storage")
 
     # -- timers -----------------------------------------------------------------------------
     def on_wakeup(self, payload) -> None:
@@ -237,9 +253,9 @@ class QueueService(ServiceActor):
             return
         now = time.time()
         self.rates.sample(now, self.store.totals())
-        if not self.writable or time.monotonic() - self.last_probe >= self.probe_every_s:
+        if not self.disk.writable or time.monotonic() - self.last_probe >= self.probe_every_s:
             self._probe_write()  # every tick while it fails: recovery shows within a second
-        if not self.writable:
+        if not self.disk.writable:
             return  # expiries, purge and delivery all write: they wait for a good probe
         self._db(self.store.expire_leases)
         for owner in self.inflight.expire(now):
@@ -263,7 +279,8 @@ class QueueService(ServiceActor):
         self.inflight.forget_owner(sub.owner)
         try:
             return self._db(self.store.release_leases, sub.owner)
-        except _STORAGE_ERRORS:
+        except _STORAGE_ERRORS as exc:
+            self.error_stats.record(classify(exc), str(exc))
             return "none of its"  # they come back at their lease expiry instead
 
     def _purge_retained(self) -> None:
@@ -281,19 +298,23 @@ class QueueService(ServiceActor):
             self.dead_expired = 0
 
     def _probe_write(self) -> None:
+        """An empty write transaction: the only way an outage ends. Ending a disk-full one
+        also needs core.MIN_FREE_BYTES free (SQLite can fit the probe into space its WAL
+        holds already while the next real commit fails). A failure that starts an outage is
+        recorded in error_stats once; those of the ticks after it count towards ``failing``."""
         self.last_probe = time.monotonic()
-        was = self.writable
+        was = self.disk.writable
+        need = core.MIN_FREE_BYTES if self.disk.problem == "disk full" else 0
         try:
-            self._db(self.store.probe_write)
-        except _STORAGE_ERRORS:
-            self.writable = False
+            self._db(self.store.probe_write, need)
+        except _STORAGE_ERRORS as exc:
             if was:
-                self.log("error", "not_writable", f"the queue database {self.db_path} cannot be "
-                         f"written: {self.last_storage_error}")
+                self.error_stats.record(classify(exc), str(exc))
             return
-        self.writable, self.storage_errors = True, 0
-        if not was:
-            self.log("info", "writable", f"the queue database {self.db_path} is writable again")
+        lasted = self.disk.recovered(time.time())
+        if lasted is not None:
+            self.log("info", "writable", f"the queue database {self.db_path} is writable "
+                     f"again after {lasted:.0f}s")
 
     # -- producers --------------------------------------------------------------------------
     @handles(protocol.QUEUE_ENQUEUE)
@@ -320,15 +341,15 @@ class QueueService(ServiceActor):
         admit, admitted = self.throttle.admitter(now) if self.throttle.span else (None, None)
         try:
             result = self._db(self.store.enqueue, items, takers, admit)
-            if result.accepted:
-                self.storage_errors = 0
             if admitted:  # counted once stored: not a duplicate, not a failed commit
                 self.throttle.record(admitted, now)
         except Exception as exc:  # noqa: BLE001 - every producer must get an answer
-            self.log("error", "enqueue_failed", f"{len(items)} items not committed: {exc}")
+            self.error_stats.record(classify(exc), str(exc))
+            why = f"{self.disk.problem}: {exc}" if isinstance(exc, _STORAGE_ERRORS) else str(exc)
+            self.log("error", "enqueue_failed", f"{len(items)} items not committed: {why}")
             for req in requests:
                 self.reply_error(req.sender, req.env, "storage",
-                                 f"not committed, retry with the same ids: {exc}")
+                                 f"not committed, retry with the same ids: {why}")
             return
         for sender, env, body in self.group.split(result, requests):
             self.reply(sender, env, protocol.OK, body)
@@ -343,7 +364,7 @@ class QueueService(ServiceActor):
 
     # -- delivery ---------------------------------------------------------------------------
     def _pump(self) -> None:
-        if not self.writable:
+        if not self.disk.writable:
             return  # a lease could not be recorded; the tick's write probe resumes delivery
         for sub in self.subs.in_turn():
             self._push(sub)
@@ -466,7 +487,7 @@ class QueueService(ServiceActor):
     def _refill(self, subs: list[core.Subscription]) -> None:
         """Push to subscribers with room again, after the request was answered: a failure here
         is recorded and left to the pump; it must not answer the request a second time."""
-        if not self.writable:
+        if not self.disk.writable:
             return  # the write probe resumes delivery
         try:
             for sub in subs:
@@ -542,7 +563,8 @@ class QueueService(ServiceActor):
             group_commit={"window_ms": self.group_commit_s * 1000, "commits": self.group.commits,
                           "items": self.group.committed_items, "largest": self.group.largest},
             throttled=self.throttle.refused,
-            health={"status": status, "detail": detail}, storage_errors=self.storage_errors,
+            health={"status": status, "detail": detail}, storage_errors=self.disk.errors,
+            storage=self.disk.view(),
             incarnation=self.incarnation, db_path=str(self.db_path))
         self.reply(sender, env, protocol.OK, stats)
 

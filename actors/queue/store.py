@@ -34,7 +34,9 @@ Design (see /work/shared/QUEUE_NOTES.md):
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -76,6 +78,13 @@ ALL_RECIPIENTS = "*"
 # scan of ix_ready (~75 ms per million ready rows) rather than a MIN() per pair (~5 µs each).
 MIN_BY_PAIR_MAX = 1_000
 BULK_ROWS = 50_000  # rows per transaction of an operator's purge or requeue-all (~0.1 s)
+
+
+def free_bytes(directory: str) -> int:
+    """Free space of the file system holding ``directory`` for this process (root may use
+    the blocks reserved for it)."""
+    st = os.statvfs(directory)
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
 
 def _no_depths() -> dict[int, Counter[tuple[str, int]]]:
@@ -476,9 +485,18 @@ class QueueStore:
             "RETURNING recipient, priority", {"rcpt": recipient}, st, None, "purged")
             for st in _PURGE_STATES[state])
 
-    def probe_write(self) -> None:
+    def probe_write(self, min_free_bytes: int = 0) -> None:
         """One write transaction that changes nothing (it rewrites the schema version): raises
-        the storage error if the database cannot be written now (read-only, disk full, I/O)."""
+        the storage error if the database cannot be written now (read-only, disk full, I/O).
+        With ``min_free_bytes``, first ``OSError(ENOSPC)`` if the file system holding the
+        database has less free space than that: SQLite can still fit a small write into
+        space its files hold already when the disk is full, so the write alone may pass."""
+        if min_free_bytes > 0:
+            where = os.path.dirname(os.path.abspath(self.path))
+            free = free_bytes(where)
+            if free < min_free_bytes:
+                raise OSError(errno.ENOSPC, f"only {free / 2**20:.2f} MiB free, the "
+                              f"queue needs {min_free_bytes / 2**20:g} MiB", where)
         with self._tx(single=True):
             self._conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
 

@@ -19,9 +19,11 @@ each user that theirs was interrupted and may or may not have been done.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,6 +40,7 @@ PRIORITIES = ("urgent", "high", "normal", "low")
 
 
 JOURNAL_MAX_AGE_S = 600.0  # older interrupted commands are dropped, not announced
+RECENT_COMMANDS = 10       # the last commands a chat service shows (swarm top, status --json)
 
 
 class Journal:
@@ -75,6 +78,26 @@ class Journal:
     def close(self) -> None:
         self.worker.shutdown(wait=True)
         self.db.close()
+
+
+@contextlib.contextmanager
+def handling(journal: Journal, bridge, key: str, channel: str, user: str, text: str,
+             label: str) -> Iterator[None]:
+    """Around one chat command: journaled until answered; then, with how long it took, posted
+    to the actor as recent activity (``label`` names the user there)."""
+    journal.begin(key, channel, user, text)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        journal.end(key)
+        bridge.post(command_done(label, text, (time.monotonic() - started) * 1000))
+
+
+def command_done(label: str, text: str, ms: float | None = None) -> tuple:
+    """The bridge event of one command for the actor's recent activity (ChatService)."""
+    return ("command", {"at": round(time.time(), 3), "user": label[:40], "text": text[:80],
+                        "ms": None if ms is None else round(ms)})
 
 
 def interrupted_notice(text: str) -> str:
@@ -172,11 +195,19 @@ class ChatService(ServiceActor):
     parks the service on a final failure, and restarts it when its client loop died. Other
     client events go to :meth:`on_client_event`."""
 
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.recent: deque[dict] = deque(maxlen=RECENT_COMMANDS)
+
+    def activity(self) -> list[dict]:
+        return list(self.recent)
 
     def on_event(self, event) -> None:
         kind, value = event[0], event[1:]
         if kind == "ask":
             self._ask(*value)
+        elif kind == "command":  # one answered (see handling)
+            self.recent.append(value[0])
         elif kind == "fatal":
             self.log("error", "connection_failed", value[0])
             self.fail(value[0])

@@ -57,7 +57,8 @@ class Registry(ServiceActor):
     # -- alerts ------------------------------------------------------------------------------
     @handles(protocol.ALERT)
     def _alert(self, env, sender) -> None:
-        self._route(self.alerts.submit(dict(env.b), time.time()))
+        now = time.time()
+        self._route(self.alerts.submit({"ts": now, **env.b}, now))  # when raised: the log, top
 
     def _route(self, emitted: list[dict]) -> None:
         """Every alert goes to the log; a copy goes to each sink service that is running."""

@@ -42,6 +42,8 @@ class Entry:
     rss_bytes: int = 0
     uss_bytes: int = 0
     cpu_percent: float = 0.0
+    activity: list = field(default_factory=list)
+    """The service's latest activity (ServiceActor.activity), from its last health reply."""
 
     def set_error(self, text: str, now: float) -> None:
         self.last_error, self.last_error_at = text, now
@@ -55,6 +57,7 @@ class Entry:
         """Apply a supervisor's report; a new pid means a new process whose health is unknown."""
         if body.get("pid") != self.pid:
             self.health, self.rss_bytes, self.uss_bytes, self.cpu_percent = "unknown", 0, 0, 0.0
+            self.activity = []
         for key in _UPDATE_FIELDS:
             if key in body:
                 setattr(self, key, body[key])
@@ -67,6 +70,9 @@ class Entry:
         self.health = body.get("status", "ok")
         self.detail = str(body.get("detail", ""))
         self.errors = body.get("errors") or {}
+        activity = body.get("activity")
+        self.activity = [a for a in activity if isinstance(a, dict)] \
+            if isinstance(activity, list) else []
         self.last_pong = now
         if self.errors.get("last") and self.errors.get("last_at", 0) > self.last_error_at:
             self.set_error(self.errors["last"], self.errors["last_at"])
@@ -94,6 +100,7 @@ class Entry:
             "detail": self.detail if running else (self.last_error or self.detail),
             "last_error": self.last_error, "parent": self.parent, "kind": self.kind,
             "depends_on": self.depends_on, "errors": self.errors,
+            "activity": self.activity if running else [],
         }
 
 

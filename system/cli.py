@@ -37,7 +37,7 @@ from system.launcher import (
     spawn_boot,
 )
 from system.logs import LOG_FILE, follow_log, format_line, log_files
-from system.tables import make_console, print_status, status_table
+from system.tables import print_status
 
 
 def config_of(args) -> Config:
@@ -174,22 +174,6 @@ def cmd_status(args) -> int:
     status["pid_file"] = read_pid_file(cfg.data)
     emit(args, status, print_status)
     return 0 if status.get("healthy") else 3
-
-
-def cmd_top(args) -> int:
-    """A live status table, refreshed every --interval seconds until Ctrl-C."""
-    from rich.live import Live
-
-    cfg = config_of(args)
-    client = AdminClient(cfg.data)
-    try:
-        with Live(status_table(client.call(protocol.ADMIN_STATUS)), auto_refresh=False,
-                  console=make_console()) as live:
-            while True:
-                time.sleep(args.interval)
-                live.update(status_table(client.call(protocol.ADMIN_STATUS)), refresh=True)
-    except KeyboardInterrupt:
-        return 0
 
 
 def cmd_restart(args) -> int:
@@ -338,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="per-child stop timeout (default supervision.shutdown_timeout_s)")
     add("status", cmd_status, "show every supervised actor (exit 3 if unhealthy)")
-    p = add("top", cmd_top, "live status dashboard until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period")
     add("reload", cmd_reload, "re-read the config file and apply what changed")
     p = add("restart", cmd_restart, "restart one service")
     p.add_argument("name", metavar="NAME")

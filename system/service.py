@@ -43,6 +43,7 @@ from system.logs import LEVELS, log, redact_in_process
 _PR_SET_PDEATHSIG = 1
 TRANSIENT_RETRIES = 5
 TRANSIENT_BASE_S = 0.1
+ACTIVITY_MAX = 20  # entries of activity() sent with each health reply
 # Keys every service applies live: they only matter to the base, the supervisor or the registry.
 _BASE_LIVE_KEYS = frozenset({"log_level", "max_rss_mb", "depends_on", "restart",
                              "shutdown_timeout_s", "enabled"})
@@ -387,9 +388,14 @@ class SwarmActor(Actor):
             detail = str(detail)
         except Exception as exc:  # noqa: BLE001 - a broken health() is itself a finding
             status, detail = "failing", f"health check raised {type(exc).__name__}: {exc}"
-        self.reply(sender, env, protocol.HEALTH_PONG, {
-            "status": status, "detail": detail, "pid": os.getpid(),
-            "errors": self.error_stats.snapshot(), "rejected": self.rejected_count})
+        body = {"status": status, "detail": detail, "pid": os.getpid(),
+                "errors": self.error_stats.snapshot(), "rejected": self.rejected_count}
+        try:  # optional: a broken activity() is counted, and never costs the health reply
+            if recent := self.activity():
+                body["activity"] = list(recent)[-ACTIVITY_MAX:]
+        except Exception as exc:  # noqa: BLE001
+            self.error_stats.record(classify(exc), f"activity(): {exc}")
+        self.reply(sender, env, protocol.HEALTH_PONG, body)
 
     @handles(protocol.TREE_REGISTRY)
     def _registry_moved(self, env, sender) -> None:
@@ -406,6 +412,12 @@ class SwarmActor(Actor):
     # -- hooks -------------------------------------------------------------------------
     def health(self) -> tuple[str, str]:
         return "ok", ""
+
+    def activity(self) -> list[dict]:
+        """What this service did lately, newest last (a chat service: its last commands); the
+        registry keeps it with the health reply, ``swarm status --json`` and ``swarm top``
+        show it."""
+        return []
 
     def on_tick(self) -> None:
         pass

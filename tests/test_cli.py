@@ -105,19 +105,6 @@ def test_secrets_never_reach_logs_status_or_config_show(make_swarm, monkeypatch)
     assert secret not in text
 
 
-def test_top_refreshes_the_status_table_until_ctrl_c(shared_swarm):
-    import signal
-
-    proc = subprocess.Popen([sys.executable, "-m", "system.cli", "top", "--interval", "0.2",
-                             "-c", str(shared_swarm.config_path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    assert "registry" in out and "probe" in out and "Traceback" not in err
-
-
 def test_one_request_can_be_followed_across_actors_by_its_correlation_id(shared_swarm):
     from system.admin import AdminClient
 

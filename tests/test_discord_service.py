@@ -86,6 +86,14 @@ def test_status_by_prefix_and_slash_and_health_shows_latency(discord_swarm, sim)
     assert "queue" in json.dumps(post["embeds"])
     assert "queue" in reply_text(sim, sim.slash(OPS, VIEWER, "status"))
     assert sim.records()["syncs"], "slash commands were not synced"
+    # both are the service's recent activity: in swarm status --json and on swarm top
+    activity = discord_swarm.wait_for(lambda s: len(s["services"]["discord"]["activity"]) >= 2,
+                                      what="recent commands")["services"]["discord"]["activity"]
+    by_text = {a["text"]: a for a in activity}
+    assert by_text["!status"]["user"] == by_text["/status"]["user"] == "@vic"
+    assert by_text["!status"]["ms"] >= 0 and by_text["/status"]["ms"] is None  # answered/came
+    top = discord_swarm.cli("top", "--once").stdout
+    assert "recent commands" in top and "!status" in top and "/status" in top
 
 
 def test_a_viewer_is_refused_on_every_path_and_nothing_happens(discord_swarm, sim):

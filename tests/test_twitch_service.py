@@ -124,6 +124,12 @@ def test_running_with_session_and_subscriptions_in_health_and_viewer_commands(tw
     sent = sim.records()["sent"]
     assert all(m["auth"] == "user" and m["is_sent"] for m in sent)
     assert not list(ROOT.glob(".tio.tokens.json"))  # twitchio's own token file is off
+    # the last commands are the service's recent activity (swarm status --json, swarm top)
+    recent = twitch_swarm.wait_for(
+        lambda s: [(a["user"], a["text"]) for a in s["services"]["twitch"]["activity"][-1:]]
+        == [(MOD, "!help")], what="recent commands")["services"]["twitch"]["activity"]
+    assert [(a["user"], a["text"]) for a in recent[-3:]] == [
+        (VIEWER, "!quote"), (VIEWER, "!help"), (MOD, "!help")]
 
 
 def test_ask_is_routed_and_the_inbox_names_the_viewer(twitch_swarm, sim):

@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from actors.chat import Journal, interrupted_notice
+from actors.chat import Journal, command_done, handling, interrupted_notice
 from actors.discord import panel
 from actors.discord.actions import (
     COMMANDS,
@@ -110,6 +110,15 @@ class SwarmBot(commands.Bot):
         self.bridge.post(("connection", {"state": "reconnecting",
                                          "reason": "gateway connection lost; resuming"}))
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Slash commands, buttons, selects and modal submits are recent activity too, from
+        when they arrive (Discord itself waits for their answer)."""
+        data = interaction.data or {}
+        what = f"/{data['name']}" if data.get("name") and \
+            interaction.type is discord.InteractionType.application_command \
+            else f"[{data.get('custom_id') or interaction.type.name}]"
+        self.bridge.post(command_done(f"@{interaction.user.name}", what))
+
     # -- permissions ------------------------------------------------------------------------
     def authorize(self, user: discord.abc.User, command: str, *, via: str,
                   where: discord.Guild | None = None) -> Decision:
@@ -140,16 +149,13 @@ class SwarmBot(commands.Bot):
             else plain_message(message.content, self.settings.agents)
         if not command and parsed is None:
             return
-        key = str(message.id)  # journaled until answered: a SIGKILL meanwhile is told later
-        self.journal.begin(key, str(message.channel.id), str(message.author.id),
-                           message.content)
-        try:
+        # journaled until answered: a SIGKILL meanwhile is told at the next start
+        with handling(self.journal, self.bridge, str(message.id), str(message.channel.id),
+                      str(message.author.id), message.content, f"@{message.author.name}"):
             if command:
                 await self.process_commands(message)
             else:
                 await self._plain(message, parsed)
-        finally:
-            self.journal.end(key)
 
     async def _plain(self, message: discord.Message, parsed: tuple[str, str]) -> None:
         decision = self.authorize(message.author, "message", via="plain text",

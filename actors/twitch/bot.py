@@ -20,7 +20,7 @@ import twitchio
 from twitchio import eventsub
 from twitchio.ext import commands
 
-from actors.chat import ActionFailed, AdminClient, Journal, interrupted_notice
+from actors.chat import ActionFailed, AdminClient, Journal, handling, interrupted_notice
 from actors.twitch import render
 from actors.twitch.interpret import ChatEchoes, Kind, interpret, route
 from actors.twitch.levels import refusal
@@ -155,13 +155,11 @@ class SwarmTwitchBot(commands.Bot):
         self.output.lines[channel] += 1
         text = payload.text or ""
         if text.startswith(self.settings.prefix):
-            key = str(payload.id)  # journaled until answered: a SIGKILL meanwhile is told later
-            self.journal.begin(key, channel, payload.chatter.name or str(payload.chatter.id),
-                               text)
-            try:
+            login = payload.chatter.name or str(payload.chatter.id)
+            # journaled until answered: a SIGKILL meanwhile is told at the next start
+            with handling(self.journal, self.bridge, str(payload.id), channel, login, text,
+                          login):
                 await self.process_commands(payload)
-            finally:
-                self.journal.end(key)
             return
         await self._free_text(payload, text)
 

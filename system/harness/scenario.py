@@ -220,7 +220,8 @@ class Run:
     def __init__(self, scenario: dict, platforms: dict[str, Platform], *,
                  base: dict | None = None, duration_s: float | None = None,
                  seed: int | None = None, directory: Path | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None,
+                 started: Callable[[TempSwarm], None] | None = None):
         self.scenario = scenario
         self.duration = float(duration_s or scenario.get("duration_s", 60))
         self.seed = int(seed if seed is not None else scenario.get("seed", 1))
@@ -237,6 +238,7 @@ class Run:
         self.base = base or {}
         self.directory = directory
         self.progress = progress or (lambda _line: None)
+        self.started = started or (lambda _swarm: None)  # the swarm is up (swarm demo: top)
         self.chats: list[Chat] = []
         self.done: list[dict] = []
         self.swarm: TempSwarm | None = None
@@ -276,6 +278,7 @@ class Run:
             self.swarm.start()
             for platform in self.platforms.values():
                 platform.wait_connected(30)
+            self.started(self.swarm)
             self._preload()
             agents = self.scenario.get("agents") or {}
             self.agents = SimAgents(self.swarm.workspace, self.names, seed=self.seed,

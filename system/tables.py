@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 _STATE_STYLE = {"running": "green", "failed": "red", "restarting": "yellow",
                 "starting": "yellow", "disabled": "dim", "stopped": "dim"}
@@ -72,7 +73,7 @@ def status_table(status: dict) -> Table:
                       _uptime(v["uptime_s"]), _size(v["rss_bytes"]), _size(v.get("uss_bytes", 0)),
                       f"{v.get('cpu_percent', 0.0):.1f}",
                       str((v.get("errors") or {}).get("per_minute", 0)),
-                      v["detail"] or v.get("last_error") or "")
+                      Text(v["detail"] or v.get("last_error") or ""))  # literal, no markup
     alerts = status.get("alerts") or []
     if alerts:
         last = alerts[-1]

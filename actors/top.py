@@ -35,7 +35,7 @@ from system.admin import AdminClient
 from system.cli import config_of
 from system.tables import status_table
 
-CALL_TIMEOUT_S = 3.0
+CALL_TIMEOUT_S = 2.0  # a slower admin shows as not reachable, for that refresh
 ALERTS_SHOWN = 5
 COMMANDS_SHOWN = 5
 FEED_SHOWN = 8

@@ -94,7 +94,7 @@ def test_plain_text_through_a_pipe_survives_the_swarm_stopping_and_starting(make
     try:
         time.sleep(1.5)
         swarm.cli("stop")
-        time.sleep(2.0)
+        time.sleep(4.0)  # longer than top's call timeout: it must see the swarm away
         swarm.start()
         time.sleep(2.0)
     finally:
@@ -104,6 +104,7 @@ def test_plain_text_through_a_pipe_survives_the_swarm_stopping_and_starting(make
     frames = out.split("swarm top  ")
     states = ["healthy" if f.split("\n")[0].split()[1:2] == ["healthy"] else
               "away" if "NOT REACHABLE" in f.split("\n")[0] else "other" for f in frames[1:]]
+    assert "away" in states, out[-3000:]
     first_away = states.index("away")
     assert "healthy" in states[:first_away] and "healthy" in states[first_away:], states
     assert swarm.cli("top", "--once").returncode == 0

@@ -30,6 +30,7 @@ from pathlib import Path
 from thespian.actors import ActorExitRequest
 
 from actors.queue.commands import text_item
+from actors.queue.core import NOT_COMMITTED
 from system import protocol
 from system.permissions import Principal
 from system.service import ServiceActor
@@ -140,7 +141,12 @@ class AdminClient:
             raise ActionFailed("The swarm did not answer in time; it may still be working on "
                                "it (check status).") from None
         if "error" in answer:
-            raise ActionFailed(answer["error"]["detail"])
+            error = answer["error"]
+            if error["code"] == "storage":  # the queue refused to store it: nothing was queued
+                why = error["detail"].removeprefix(NOT_COMMITTED)
+                raise ActionFailed(f"Not queued: the queue cannot store messages right now "
+                                   f"({why}); try again later.")
+            raise ActionFailed(error["detail"])
         return answer["ok"]
 
     def agent(self, name: str) -> str:

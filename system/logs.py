@@ -8,8 +8,10 @@ formats it with :class:`JsonFormatter` into a size-rotated file.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import logging.handlers
 import os
 import time
 import traceback
@@ -40,6 +42,97 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class SwarmFileHandler(logging.handlers.RotatingFileHandler):
+    """The size-rotated log file, safe on a full disk: a line that cannot be written is dropped
+    and counted, never raised (into Thespian's logger process, which gives up after a few
+    errors a second) nor reported on stderr (``logs/console.log``, on the same disk).
+
+    Each line is one unbuffered ``write(2)`` on the file opened for appending; a line the disk
+    took only in part is taken back (the file truncated to where it was: this process is the
+    file's only writer), so no line is torn and nothing waits in a buffer. On a full disk a
+    short line can still fit in the space the file's last block holds, so the outage ends only
+    with ``MIN_FREE_BYTES`` free (or ``RECOVERED_BYTES`` written since the last failure); then
+    one record says how many lines were lost (event ``log_lines_lost``, field ``lost``): "N log
+    lines lost to a full disk", written before the line that found the disk writable again.
+    """
+
+    MIN_FREE_BYTES = 1 << 20
+    RECOVERED_BYTES = 64 * 1024
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.lost = 0
+        self.lost_since = 0.0
+        self.lost_error: OSError | None = None
+        self.written_since = 0  # bytes written since the last failure, during an outage
+
+    def _open(self):
+        return open(self.baseFilename, "ab", buffering=0)
+
+    def _write(self, data: bytes) -> None:
+        start = self.stream.seek(0, os.SEEK_END)
+        done = 0
+        try:
+            while done < len(data):
+                n = self.stream.write(data[done:])
+                if not n:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except OSError:
+            if done:
+                try:
+                    os.ftruncate(self.stream.fileno(), start)
+                except OSError:  # not on a local disk; a newline at least ends the piece
+                    self.stream.write(b"\n")
+            raise
+
+    def _disk_full(self) -> bool:
+        return self.lost_error is not None and self.lost_error.errno in (errno.ENOSPC,
+                                                                         errno.EDQUOT)
+
+    def _recovered(self) -> bool:
+        if not self._disk_full() or self.written_since >= self.RECOVERED_BYTES:
+            return True
+        st = os.fstatvfs(self.stream.fileno())
+        return st.f_bavail * st.f_frsize >= self.MIN_FREE_BYTES
+
+    def lost_notice(self) -> bytes:
+        exc = self.lost_error
+        why = "to a full disk" if self._disk_full() else f"to a write error: {exc}"
+        lines = "log line" if self.lost == 1 else "log lines"
+        record = logging.LogRecord("swarm.logs", logging.WARNING, __file__, 0,
+                                   f"{self.lost} {lines} lost {why}", None, None)
+        record.service, record.event, record.lost = "logs", "log_lines_lost", self.lost
+        record.since = round(self.lost_since, 6)
+        record.error = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted: logging's report
+            self.handleError(record)
+            return
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+            if self.maxBytes > 0 and self.stream.seek(0, os.SEEK_END) + len(line) >= \
+                    self.maxBytes:
+                self.doRollover()
+                if self.stream is None:
+                    self.stream = self._open()
+            if self.lost and self._recovered():
+                self._write(self.lost_notice())
+                self.lost, self.lost_error = 0, None
+            self._write(line)
+            self.written_since += len(line)
+        except OSError as exc:
+            if not self.lost:
+                self.lost_since, self.lost_error = record.created, exc
+            self.lost += 1
+            self.written_since = 0
 
 
 class RedactFilter(logging.Filter):
@@ -107,7 +200,7 @@ def log_defs(data_dir: str | Path, level: str = "info", max_bytes: int = 10 * 10
         "filters": {"redact": {"()": "system.logs.RedactFilter", "secrets": list(secrets or [])},
                     "libraries": {"()": "system.logs.LibraryLevelFilter", "level": level}},
         "handlers": {"file": {
-            "class": "logging.handlers.RotatingFileHandler",
+            "class": "system.logs.SwarmFileHandler",
             "filename": str(logs / LOG_FILE), "maxBytes": max_bytes, "backupCount": backups,
             "formatter": "json", "filters": ["libraries", "redact"],
         }},

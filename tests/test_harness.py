@@ -3,6 +3,7 @@ real (the real swarm, discord.py and twitchio against the simulated platforms); 
 against an operator's own config, failing by name."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from system.errors import ConfigError
+from system.harness import scenario as scenario_mod
 from system.harness.agents import SimAgents
 from system.harness.scenario import _message_text, check_scenario
 from tests.conftest import ROOT
@@ -37,6 +39,8 @@ def swarm_cli(*args: str, cwd: Path = ROOT, timeout: float = 240):
     ({"name": "x", "duration_s": -1}, "duration_s: -1 is less than or equal to the minimum"),
     ({"name": "x", "agents": {"count": 2}, "timeline": [
         {"at": 1, "fault": "stall", "target": "Agent-7"}]}, "stall needs target: one of Agent-1"),
+    ({"name": "x", "timeline": [{"at": 1, "fault": "disk_full", "target": "gas"}]},
+     "disk_full fills the queue's disk: no target but queue"),
 ])
 def test_a_bad_scenario_is_refused_naming_the_problem(scenario, problem):
     with pytest.raises(ConfigError) as err:
@@ -45,7 +49,7 @@ def test_a_bad_scenario_is_refused_naming_the_problem(scenario, problem):
 
 
 def test_the_shipped_scenarios_are_valid():
-    assert {p.stem for p in SCENARIOS} >= {"demo", "stall", "chaos"}
+    assert {p.stem for p in SCENARIOS} >= {"demo", "stall", "chaos", "disk_full"}
     for path in SCENARIOS:
         check_scenario(yaml.safe_load(path.read_text()), str(path))
 
@@ -95,16 +99,48 @@ def test_every_shipped_scenario_holds():
         procs[path] = subprocess.Popen(
             [sys.executable, "-m", "system.cli", "simulate", str(path), "--json", *duration],
             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    failures = {}
+    failures, reports = {}, {}
     for path, proc in procs.items():
         out, err = proc.communicate(timeout=300)
-        report = json.loads(out) if out.strip().startswith("{") else {}
+        report = reports[path.stem] = json.loads(out) if out.strip().startswith("{") else {}
         if proc.returncode != 0 or not report.get("ok") or report["summary"]["left_running"]:
             failures[path.stem] = [c for c in report.get("checks", []) if not c["ok"]] \
                 or err[-2000:]
         elif report["seed"] != yaml.safe_load(path.read_text())["seed"]:
             failures[path.stem] = f"seed {report['seed']} in the report"
     assert not failures, failures
+    # disk_full: the queue's database on a tmpfs of its own (as root), filled, freed, unmounted
+    fault, = [d for d in reports["disk_full"]["timeline"] if d["fault"] == "disk_full"]
+    if os.geteuid() == 0:
+        assert fault["done"].startswith("filled the queue's tmpfs"), fault
+    else:
+        assert fault["done"].startswith("skipped: ") and fault["skipped"], fault
+    mounts = Path("/proc/self/mounts").read_text() if Path("/proc/self/mounts").exists() else ""
+    assert "swarm-sim-" not in mounts, "a scenario's tmpfs left mounted"
+
+
+def test_disk_full_where_no_tmpfs_can_be_mounted_is_skipped_saying_why(monkeypatch, tmp_path):
+    """Not root, or the mount refused: the fault is 'skipped: <reason>' in the timeline and
+    the report, the queue keeps its usual database, disk_full_handled passes saying why."""
+    monkeypatch.setattr(scenario_mod, "mount_tmpfs",
+                        lambda path, size: (None, "mounting a tmpfs needs root"))
+    data = check_scenario({"name": "x", "timeline": [{"at": 1, "fault": "disk_full"}],
+                           "expect": [{"disk_full_handled": True}]})
+    run = scenario_mod.Run(data, {}, directory=tmp_path)
+    with contextlib.ExitStack() as stack:
+        run._mount_disk(tmp_path, stack)
+    assert run.disk is None and "db_path" not in run.overlay()["services"]["queue"]
+    run.t0 = time.monotonic()
+    run.agents = SimAgents(tmp_path, run.names)
+    run._fault(data["timeline"][0])
+    assert run.done == [{"t": 0.0, "fault": "disk_full", "target": None, "skipped": True,
+                         "done": "skipped: mounting a tmpfs needs root"}]
+    evidence = scenario_mod.Evidence(run, {}, [], [], [], [])
+    assert scenario_mod.CHECKS["disk_full_handled"](evidence, True) == (
+        True, "skipped: mounting a tmpfs needs root")
+    result = scenario_mod.Result("x", 1, 1.0, summary=evidence.summary())
+    assert "[skipped] disk_full at 0s: mounting a tmpfs needs root" in \
+        scenario_mod.render_report(result)
 
 
 def test_simulate_rehearses_the_operators_config_and_names_each_failed_expectation(tmp_path):

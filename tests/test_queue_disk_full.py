@@ -10,6 +10,10 @@ full"), then freed by deleting that file:
   the tmpfs before ``exec``-ing ``swarm start -d``; the test reaches that file system through
   ``/proc/QUEUE_PID/root``. Skipped where user namespaces are not allowed.
 
+The mounting, filling and freeing are system/harness/disk.py (the harness' ``disk_full``
+fault uses the same). A third test puts the whole ``data_dir`` on the tmpfs: the log file
+(system/logs.py SwarmFileHandler) is on the full disk too, and must not take anything down.
+
 (``RLIMIT_FSIZE`` on the live queue process is used by tests/test_queue_service.py: it needs
 no root and no namespace, but it gives ``EFBIG``, which SQLite reports as "disk I/O error",
 never as a full disk; SQLite's ``max_page_count`` would fake a full database file, not a full
@@ -18,7 +22,9 @@ disk.)
 from __future__ import annotations
 
 import errno
+import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -34,38 +40,13 @@ from actors.queue.service import QueueService
 from actors.queue.store import QueueStore
 from system import protocol
 from system.errors import classify
+from system.harness.disk import SIZE as DISK_SIZE
+from system.harness.disk import Disk, mount_tmpfs, unmount
+from system.logs import JsonFormatter, SwarmFileHandler
 from tests.conftest import ROOT, Swarm
 
-DISK_SIZE = "32m"
 PAYLOAD = 4096
 BIG = 128 * 1024
-
-
-class Disk:
-    """A small file system: ``path`` where the queue sees it, ``view()`` where the test does."""
-
-    def __init__(self, path: Path, view=None):
-        self.path = path
-        self.view = view or (lambda: path)
-
-    def fill(self) -> int:
-        """Write a file until the file system is full; returns its size."""
-        filler = self.view() / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        size = 0
-        try:
-            for chunk in (1 << 16, 4096, 512):
-                try:
-                    while True:
-                        size += os.write(fd, b"\0" * chunk)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC, exc
-        finally:
-            os.close(fd)
-        return size
-
-    def free(self) -> None:
-        (self.view() / "filler").unlink()
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
@@ -73,21 +54,29 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def tmpfs_disk(tmp_path):
-    """A tmpfs mounted here (root only); unmounted after the test, even on failure. Request it
-    before ``make_swarm``: fixtures are torn down in reverse, so the swarm stops first."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (test_queue_on_a_full_disk_without_root "
-                    "covers the same without)")
-    path = tmp_path / "disk"
-    path.mkdir()
-    mounted = _run("mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs",
-                   str(path))
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield Disk(path)
-    if _run("umount", str(path)).returncode:
-        assert not _run("umount", "--lazy", str(path)).returncode, "tmpfs left mounted"
+def mount_at():
+    """``mount_at(path)``: a tmpfs mounted there (root only; the test skipped with the reason
+    where that cannot be done), unmounted after the test, even on failure. Request it before
+    ``make_swarm``: fixtures are torn down in reverse, so the swarm stops first."""
+    done: list[Path] = []
+
+    def mount(path: Path) -> Disk:
+        disk, why = mount_tmpfs(path, DISK_SIZE)
+        if disk is None:
+            pytest.skip(f"{why} (without root: test_queue_on_a_full_disk_without_root "
+                        "covers the queue, test_the_log_file_drops_... the log file)")
+        done.append(path)
+        return disk
+
+    yield mount
+    left = [p for p in done if not unmount(p)]
+    assert not left, f"tmpfs left mounted: {left}"
+
+
+@pytest.fixture
+def tmpfs_disk(mount_at, tmp_path):
+    """A tmpfs for the queue's database alone."""
+    return mount_at(tmp_path / "disk")
 
 
 @pytest.fixture
@@ -260,6 +249,86 @@ def test_queue_on_a_full_disk_without_root(userns_disk, make_swarm):
     _full_disk(swarm, Disk(path, lambda: inside))
 
 
+def _running(status: dict) -> dict[str, int]:
+    """The pid of every running actor, checked to have never restarted."""
+    services = {n: s for n, s in status["services"].items() if s["state"] != "disabled"}
+    assert all(s["state"] == "running" and s["restarts"] == 0 for s in services.values()), \
+        services
+    return {n: s["pid"] for n, s in services.items()}
+
+
+def test_logs_on_the_same_full_disk_do_not_take_an_actor_down(mount_at, make_swarm):
+    """The whole data_dir on the small tmpfs: logs/swarm.log (and thespian.log, console.log),
+    the queue's database, the pid file. Filled: the queue refuses enqueues ('storage'), every
+    log line written meanwhile is lost and counted, nothing crashes or restarts, ``swarm
+    status`` answers with the queue failing on 'disk full'; freed: healthy again by itself,
+    the log says how many lines were lost, and none of its lines is torn."""
+    swarm = make_swarm({"services": {"queue": {"enabled": True, "write_probe_s": 0.5,
+                                               "storage_errors_failing": 3}}})
+    disk = mount_at(swarm.data)
+    swarm.start()
+    assert (disk.path / "logs" / "swarm.log").exists() and (disk.path / "queue.db").exists()
+    pids = _running(swarm.status())
+    assert {"queue", "probe", "admin", "health", "registry"} <= set(pids)
+    processes = {p.pid for p in swarm.processes()}  # with Thespian's logger and the admin
+    before = [f"b-{i:02d}" for i in range(10)]
+    reply = swarm.ask("queue", protocol.QUEUE_ENQUEUE, {"items": [_item(i) for i in before]})
+    assert reply.t == "ok" and reply.b["accepted"] == before
+
+    assert disk.fill() > 0
+    accepted, refused = [], {}
+    for i in range(150):
+        item = _item(f"x-{i:03d}", BIG)
+        reply = swarm.ask("queue", protocol.QUEUE_ENQUEUE, {"items": [item]})
+        if reply.t == "ok":
+            accepted.append(item["id"])
+            continue
+        assert reply.t == "error" and reply.b["code"] == "storage", reply.b
+        assert "disk full" in reply.b["detail"], reply.b["detail"]
+        refused[item["id"]] = item
+        if len(refused) == 3:
+            break
+    assert len(refused) == 3, f"the disk never refused a commit ({len(accepted)} accepted)"
+    for _ in range(20):  # each one a warning in the log: 20 lines written to a full disk
+        reply = swarm.ask("probe", protocol.TEST_RAISE, {"kind": "permanent"})
+        assert reply.t == "error" and reply.b["code"] == "permanent", reply.b
+    failing = swarm.wait_for(lambda s: s["services"]["queue"]["health"] == "failing",
+                             what="queue failing")["services"]["queue"]
+    assert failing["detail"].startswith("disk full: "), failing["detail"]
+    cli = swarm.cli("status", "--json", check=False)  # the operator's view, through the admin
+    assert cli.returncode == 3, cli.stdout + cli.stderr  # answered: not healthy
+    shown = json.loads(cli.stdout)["services"]["queue"]
+    assert shown["health"] == "failing" and "disk full" in shown["detail"], shown
+    time.sleep(1.5)  # health polls, write probes, more log lines, all on the full disk
+    assert disk.filled and disk.free_bytes() < 64 * 1024
+    assert _running(swarm.status()) == pids
+    assert {p.pid for p in swarm.processes()} == processes
+
+    disk.free()
+    healed = swarm.wait_for(lambda s: s["healthy"], timeout=15, what="healthy again")
+    assert healed["services"]["queue"]["health"] == "ok"
+    assert _running(healed) == pids
+    assert {p.pid for p in swarm.processes()} == processes
+    again = swarm.ask("queue", protocol.QUEUE_ENQUEUE, {"items": list(refused.values())})
+    assert again.t == "ok" and again.b["accepted"] == list(refused), again.b
+    got = _lease_all(swarm, "keep", "t")
+    assert [m["id"] for m in got] == before + accepted + list(refused)
+
+
+    lost = _wait(lambda: [e for e in _log(swarm) if e.get("event") == "log_lines_lost"], 10,
+                 "the lost log lines in the log")
+    assert len(lost) == 1, lost  # said once, when writing worked again
+    assert lost[0]["lost"] >= 20 and lost[0]["msg"] == \
+        f"{lost[0]['lost']} log lines lost to a full disk", lost[0]
+    lines = (swarm.data / "logs" / "swarm.log").read_text().splitlines()
+    assert all(line.startswith("{") and line.endswith("}") for line in lines), "a torn line"
+    events = [e.get("event") for e in _log(swarm)]
+    rejected = [e for e in _log(swarm) if e.get("event") == "rejected"
+                and e.get("service") == "probe"]
+    assert len(rejected) < 20, "the probe's warnings were written to a full disk"
+    assert events.index("log_lines_lost") < len(events) - 1  # written before the next line
+
+
 # -- the parts, without a swarm ---------------------------------------------------------------
 def test_disk_full_errors_are_storage_errors_named_disk_full():
     for exc in (sqlite3.OperationalError("database or disk is full"),
@@ -319,3 +388,67 @@ def test_an_outage_raises_one_alert_is_counted_once_and_ends_only_with_a_good_pr
     assert svc.health()[0] == "ok" and svc.disk.writable
     assert logged == ["not_writable", "writable"] and len(alerts) == 1
     assert asked == [0] + [core.MIN_FREE_BYTES] * 5  # free space ends a disk-full outage
+
+
+def test_the_log_file_drops_and_counts_lines_it_cannot_write_and_says_so_once(tmp_path):
+    """No line torn, nothing raised: a line the disk takes in part is taken back; the outage
+    ends with free space (a short line can fit the file's last block on a full disk) or
+    RECOVERED_BYTES written; then one record says how many lines were lost. Rotation works."""
+    room: dict = {"bytes": None}  # None: no limit
+
+    class SmallDisk(io.FileIO):
+        def write(self, data):
+            if room["bytes"] is None:
+                return super().write(data)
+            n = super().write(bytes(data[:room["bytes"]])) if room["bytes"] else 0
+            room["bytes"] -= n
+            if not n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return n
+
+    handler = SwarmFileHandler(tmp_path / "swarm.log", maxBytes=20_000, backupCount=2,
+                               delay=True)
+    handler._open = lambda: SmallDisk(handler.baseFilename, "ab")
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.disk_full.swarm_log")
+    logger.propagate = False
+    logger.addHandler(handler)
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / "swarm.log").read_text().splitlines()]
+
+    logger.warning("before")
+    room["bytes"] = 30  # a piece of the next line fits, then the disk is full
+    for i in range(5):
+        logger.warning(f"lost {i}", extra={"event": "x"})
+    assert [e["msg"] for e in lines()] == ["before"] and handler.lost == 5
+    handler.MIN_FREE_BYTES = handler.RECOVERED_BYTES = 1 << 62  # not known to be over
+    room["bytes"] = 250
+    logger.warning("fits in the last block")
+    assert [e["msg"] for e in lines()] == ["before", "fits in the last block"]  # no notice
+    logger.warning("lost 5")
+    room["bytes"] = None  # freed
+    logger.warning("after 0")
+    logger.warning("after 1")
+    assert handler.lost == 6 and [e["msg"] for e in lines()][-1] == "after 1"
+    handler.RECOVERED_BYTES = handler.written_since  # written enough since: over
+    logger.warning("after 2")
+    msgs = [e["msg"] for e in lines()]
+    assert msgs == ["before", "fits in the last block", "after 0", "after 1",
+                    "6 log lines lost to a full disk", "after 2"], msgs
+    notice = lines()[4]
+    assert (notice["event"], notice["service"], notice["lost"], notice["level"]) == (
+        "log_lines_lost", "logs", 6, "warning") and "No space left" in notice["error"]
+    handler.RECOVERED_BYTES = 1 << 62
+    room["bytes"] = 0
+    logger.warning("lost 6")
+    room["bytes"] = None
+    handler.MIN_FREE_BYTES = 0  # free space again: over at once
+    logger.warning("after 3")
+    assert [e["msg"] for e in lines()][-2:] == ["1 log line lost to a full disk", "after 3"]
+    for i in range(400):
+        logger.warning(f"rotated {i}")
+    assert (tmp_path / "swarm.log.1").exists() and (tmp_path / "swarm.log.2").exists()
+    assert handler.lost == 0 and lines()[-1]["msg"] == "rotated 399"
+    logger.removeHandler(handler)
+    handler.close()

@@ -549,6 +549,7 @@ def health(stats: dict, *, max_depth: int, max_age_s: float, storage: StorageSta
 
 
 # -- storage outages -------------------------------------------------------------------------------
+NOT_COMMITTED = "not committed, retry with the same ids: "  # + why: an enqueue's storage error
 MIN_FREE_BYTES = 1 << 20  # free space beside the database that ends a disk-full outage
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 

@@ -348,8 +348,7 @@ class QueueService(ServiceActor):
             why = f"{self.disk.problem}: {exc}" if isinstance(exc, _STORAGE_ERRORS) else str(exc)
             self.log("error", "enqueue_failed", f"{len(items)} items not committed: {why}")
             for req in requests:
-                self.reply_error(req.sender, req.env, "storage",
-                                 f"not committed, retry with the same ids: {why}")
+                self.reply_error(req.sender, req.env, "storage", core.NOT_COMMITTED + why)
             return
         for sender, env, body in self.group.split(result, requests):
             self.reply(sender, env, protocol.OK, body)

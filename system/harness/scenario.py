@@ -49,10 +49,12 @@ import yaml
 from system import protocol
 from system.errors import ConfigError
 from system.harness.agents import SimAgents, parse_inbox_file
+from system.harness.disk import SIZE as DISK_SIZE
+from system.harness.disk import Disk, mount_tmpfs, unmount
 from system.harness.swarm import TempSwarm, deep_merge
 
 REPLY_TIMEOUT_S = 15.0
-SWARM_FAULTS = ("kill", "hang", "reload_invalid", "kill_swarm")
+SWARM_FAULTS = ("kill", "hang", "reload_invalid", "kill_swarm", "disk_full")
 AGENT_FAULTS = ("stall", "crash_agent")
 
 _NUMBER = {"type": "number", "minimum": 0}
@@ -195,6 +197,9 @@ def check_scenario(data: Any, where: str = "scenario") -> dict:
                                                           or step.get("targets")):
             errors.append(f"{at}: {step['fault']} needs target (a service name) or targets "
                           "(one is picked at random)")
+        if step.get("fault") == "disk_full" and (step.get("target", "queue") != "queue"
+                                                 or "targets" in step):
+            errors.append(f"{at}: disk_full fills the queue's disk: no target but queue")
     known = set(CHECKS)
     for n, exp in enumerate(data.get("expect") or []):
         (kind, value), = exp.items()
@@ -246,6 +251,13 @@ class Run:
         self.t0 = 0.0
         self.left_running = 0
         self.talking = True
+        # disk_full: the queue's database on a small tmpfs of its own (see _mount_disk)
+        self.wants_disk = any(s.get("fault") == "disk_full"
+                              for s in scenario.get("timeline") or [])
+        self.disk: Disk | None = None
+        self.disk_skip = ""                              # why it could not be mounted
+        self.disk_gen = 0                                # a pending free of an older fill
+        self.outages: list[list] = []                    # [filled at, freed at or None]
 
     def overlay(self) -> dict:
         agents = self.scenario.get("agents") or {}
@@ -259,6 +271,10 @@ class Run:
             overlay["services"][name] = platform.overlay(self.base)
         sinks = list(self.base.get("alerts", {}).get("sinks") or ["log"])
         overlay["alerts"] = {"sinks": sinks + [n for n in self.platforms if n not in sinks]}
+        if self.wants_disk:  # an outage is noticed without traffic too
+            overlay["services"]["queue"]["write_probe_s"] = 1.0
+        if self.disk is not None:
+            overlay["services"]["queue"]["db_path"] = str(self.disk.path / "queue.db")
         return deep_merge(overlay, self.scenario.get("config") or {})
 
     def run(self) -> Result:
@@ -272,6 +288,8 @@ class Run:
             env: dict[str, str] = {}
             for platform in self.platforms.values():
                 env |= platform.env()
+            if self.wants_disk:
+                self._mount_disk(tmp, stack)  # unmounted after the swarm stopped
             self.swarm = TempSwarm(tmp, self.base, self.overlay(), env)
             stack.callback(self._stop_swarm)
             self.progress(f"starting the swarm in {tmp} (seed {self.seed})")
@@ -312,6 +330,29 @@ class Run:
             admin.call(protocol.ADMIN_SEND, {"items": items})
         if n:
             self.progress(f"{n} messages queued for the agents")
+
+    def _mount_disk(self, tmp: Path, stack: contextlib.ExitStack) -> None:
+        """A tmpfs for the queue's database (root only): each disk_full fault fills it. Where
+        it cannot be mounted, each such fault is skipped, saying why."""
+        self.disk, why = mount_tmpfs(tmp / "queue-disk", DISK_SIZE)
+        if self.disk is None:
+            self.disk_skip = why
+            self.progress(f"disk_full will be skipped: {why}")
+            return
+        stack.callback(self._unmount_disk)
+        self.progress(f"the queue's database on a tmpfs (size {DISK_SIZE}) at {self.disk.path}")
+
+    def _unmount_disk(self) -> None:
+        self.disk_gen += 1  # a free still pending does nothing now
+        with contextlib.suppress(OSError):
+            self.disk.free()
+        if not unmount(self.disk.path):
+            self.progress(f"could not unmount the tmpfs at {self.disk.path}")
+
+    def _free_disk(self, gen: int) -> None:
+        if gen == self.disk_gen and self.disk.free():
+            self.outages[-1][1] = self.now()
+            self.progress(f"{self.now():5.1f}s fault disk_full: the queue's disk freed")
 
     def _stop_swarm(self) -> None:
         left = self.swarm.stop()
@@ -378,7 +419,8 @@ class Run:
             what = self._inject(kind, target, step)
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on
             what = f"could not inject: {type(exc).__name__}: {exc}"
-        self.done.append({"t": round(t, 2), "fault": kind, "target": target, "done": what})
+        self.done.append({"t": round(t, 2), "fault": kind, "target": target, "done": what}
+                         | ({"skipped": True} if what.startswith("skipped: ") else {}))
         self.progress(f"{t:5.1f}s fault {kind} {target or ''}: {what}")
 
     def _inject(self, kind: str, target: str | None, step: dict) -> str:
@@ -417,6 +459,21 @@ class Run:
             for platform in self.platforms.values():
                 platform.wait_connected(30)
             return f"SIGKILL of all {len(procs)} processes, then swarm start: running again"
+        if kind == "disk_full":
+            if self.disk is None:
+                return f"skipped: {self.disk_skip}"
+            if self.disk.filled:
+                return "the queue's disk is full already"
+            try:
+                size = self.disk.fill()
+            except OSError:
+                self.disk.free()
+                raise
+            self.disk_gen += 1
+            self.outages.append([self.now(), None])
+            later(for_s, self._free_disk, self.disk_gen)
+            return (f"filled the queue's tmpfs (size {DISK_SIZE}) with a {size / 2**20:.1f} "
+                    f"MiB file, {self.disk.free_bytes()} bytes left; freed in {for_s:g}s")
         if kind == "stall":
             self.agents.stall(target, for_s)
             return f"{target} stalls for {for_s:g}s"
@@ -511,6 +568,8 @@ class Evidence:
                      "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
                      "p95_ms": round(_p95(latencies), 1) if latencies else None},
             "faults": len(self.run.done),
+            "skipped_faults": [f"{d['fault']} at {d['t']:g}s: {d['done'][len('skipped: '):]}"
+                               for d in self.run.done if d.get("skipped")],
             "platforms": {n: p.records() for n, p in self.run.platforms.items()},
         }
 
@@ -557,7 +616,7 @@ def _delivered_once(ev: Evidence, _value) -> tuple[bool, str]:
     confirmed, attempted = Counter(), Counter()
     for c in ev.chats:
         sent = _message_text(c.text)
-        if sent and not (c.reply and _refusal(c.reply)):
+        if sent and not (c.reply and (_refusal(c.reply) or _not_committed(c.reply))):
             attempted[sent] += 1
             confirmed[sent] += bool(c.reply and _confirmed(c.reply))
     wrong, uncertain = [], 0
@@ -571,6 +630,12 @@ def _delivered_once(ev: Evidence, _value) -> tuple[bool, str]:
     return not wrong, (f"{sum(confirmed.values())} confirmed chat messages delivered, none "
                        f"twice ({uncertain} unconfirmed attempts)" if not wrong
                        else "; ".join(wrong[:5]))
+
+
+def _not_committed(reply: str) -> bool:
+    """The queue refused it without storing it (a storage error: the chat services say "Not
+    queued: the queue cannot store messages right now")."""
+    return "not queued: the queue" in reply.lower()
 
 
 def _refusal(reply: str) -> bool:
@@ -656,11 +721,51 @@ def _stalled(ev: Evidence, agent: str) -> tuple[bool, str]:
     return bool(nudges and alerts), f"{len(nudges)} nudge(s), {len(alerts)} alert(s)"
 
 
+def _disk_full_handled(ev: Evidence, _value) -> tuple[bool, str]:
+    """The queue's full disk was seen and outlived: the queue logged it not writable (disk
+    full) and writable again, every chat command sent while the disk was full got a reply,
+    and at least one message sent then was refused with an error line naming the full disk.
+    Skipped disk_full faults (no tmpfs here) pass, saying why."""
+    run = ev.run
+    faults = [d for d in run.done if d["fault"] == "disk_full"]
+    if not faults:
+        return False, "no disk_full fault was played"
+    if run.disk is None:
+        return True, f"skipped: {run.disk_skip}"
+    if not run.outages:
+        return False, "; ".join(d["done"] for d in faults)
+    queue = [e for e in ev.log if e.get("service") == "queue"]
+    full = [e for e in queue if e.get("event") == "not_writable"
+            and e.get("problem") == "disk full"]
+    back = [e for e in queue if e.get("event") == "writable" and full
+            and e.get("ts", 0) > full[0].get("ts", 0)]
+    during = [c for c in ev.chats if any(a <= c.t < (b if b is not None else float("inf"))
+                                         for a, b in run.outages)]
+    silent = [c for c in during if c.reply is None]
+    sends = [c for c in during if _message_text(c.text)]
+    refused = [c for c in sends if c.reply and "disk full" in c.reply.lower()]
+    problems = []
+    if not full:
+        problems.append("the queue never logged a full disk")
+    elif not back:
+        problems.append("the queue never logged it was writable again")
+    if silent:
+        problems.append(f"no reply to {', '.join(repr(c.text) for c in silent[:3])}")
+    if not refused:
+        problems.append("no message sent during the outage was refused naming the full disk")
+    detail = (f"queue not writable (disk full) {len(full)} time(s), writable again "
+              f"{len(back)}; {len(during) - len(silent)} of {len(during)} chat commands during "
+              f"the outage answered, {len(refused)} of {len(sends)} messages refused naming "
+              "the full disk")
+    return not problems, "; ".join(problems + [detail])
+
+
 CHECKS: dict[str, Callable[[Evidence, Any], tuple[bool, str]]] = {
     "handoff_within_s": _handoff_within, "gas_once": _gas_once,
     "delivered_once": _delivered_once, "refused": _refused, "replied": _replied,
     "restarts": _restarts, "healthy_at_end": _healthy, "delivered": _delivered,
     "stalled": _stalled, "preloaded_delivered": _preloaded,
+    "disk_full_handled": _disk_full_handled,
 }
 
 
@@ -679,6 +784,8 @@ def render_report(result: Result) -> str:
         (f"  restarts: {restarts}; refused attempts {s.get('refused', 0)}; faults injected "
         f"{s.get('faults', 0)}"),
         f"  chat: {chat.get('answered', 0)} of {chat.get('commands', 0)} answered{latency}"]
+    for skipped in s.get("skipped_faults", []):
+        lines.append(f"  [skipped] {skipped}")
     for check in result.checks:
         (kind, value), = check["expect"].items()
         lines.append(f"  [{'ok' if check['ok'] else 'FAIL'}] {kind}: {value}: {check['detail']}")

@@ -17,7 +17,7 @@ import yaml
 from system.errors import ConfigError
 from system.harness import scenario as scenario_mod
 from system.harness.agents import SimAgents
-from system.harness.scenario import _message_text, check_scenario
+from system.harness.scenario import CHECKS, EXPECTATIONS, _message_text, check_scenario
 from tests.conftest import ROOT
 
 SCENARIOS = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
@@ -41,11 +41,20 @@ def swarm_cli(*args: str, cwd: Path = ROOT, timeout: float = 240):
         {"at": 1, "fault": "stall", "target": "Agent-7"}]}, "stall needs target: one of Agent-1"),
     ({"name": "x", "timeline": [{"at": 1, "fault": "disk_full", "target": "gas"}]},
      "disk_full fills the queue's disk: no target but queue"),
+    ({"name": "x", "expect": [{"restarts": {"queue": 1}}]},
+     "expect.0.restarts: 'service' is a required property"),
+    ({"name": "x", "expect": [{"handoff_within_s": "soon"}]},
+     "expect.0.handoff_within_s: 'soon' is not of type 'number'"),
+    ({"name": "x", "expect": [{"stalled": "Agent-9"}]}, "stalled names no agent of Agent-1"),
 ])
 def test_a_bad_scenario_is_refused_naming_the_problem(scenario, problem):
     with pytest.raises(ConfigError) as err:
         check_scenario(scenario, "s.yaml")
     assert problem in str(err.value)
+
+
+def test_every_expectation_has_a_schema_for_its_value():
+    assert set(EXPECTATIONS) == set(CHECKS)
 
 
 def test_the_shipped_scenarios_are_valid():

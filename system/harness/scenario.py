@@ -58,6 +58,19 @@ SWARM_FAULTS = ("kill", "hang", "reload_invalid", "kill_swarm", "disk_full")
 AGENT_FAULTS = ("stall", "crash_agent")
 
 _NUMBER = {"type": "number", "minimum": 0}
+_YES = {"const": True}
+_NAME = {"type": "string", "minLength": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+EXPECTATIONS: dict[str, dict] = {  # the value each expectation takes (CHECKS has their code)
+    "handoff_within_s": {"type": "number", "exclusiveMinimum": 0},
+    "gas_once": _YES, "delivered_once": _YES, "preloaded_delivered": _YES,
+    "healthy_at_end": _YES, "disk_full_handled": _YES,
+    "delivered": {"type": "object", "required": ["to", "contains"], "additionalProperties": False,
+                  "properties": {"to": _NAME, "contains": _NAME}},
+    "refused": _NAME, "replied": _NAME, "stalled": _NAME,
+    "restarts": {"type": "object", "required": ["service"], "additionalProperties": False,
+                 "properties": {"service": _NAME, "min": _COUNT, "max": _COUNT}},
+}
 SCHEMA: dict = {
     "type": "object", "additionalProperties": False, "required": ["name"],
     "properties": {
@@ -95,8 +108,9 @@ SCHEMA: dict = {
                            "targets": {"type": "array", "items": {"type": "string"},
                                        "minItems": 1},
                            "platform": {"type": "string"}, "for_s": _NUMBER}}},
-        "expect": {"type": "array", "items": {
-            "type": "object", "minProperties": 1, "maxProperties": 1}},
+        "expect": {"type": "array", "items": {  # unknown kinds: check_scenario names them
+            "type": "object", "minProperties": 1, "maxProperties": 1,
+            "properties": EXPECTATIONS}},
     },
 }
 
@@ -208,6 +222,9 @@ def check_scenario(data: Any, where: str = "scenario") -> dict:
                           f"{', '.join(sorted(known))}")
         elif kind in ("refused", "replied") and value != "all" and value not in users:
             errors.append(f"{where}: expect.{n}: user {value!r} is not in users")
+        elif kind in ("stalled", "delivered") and (value if kind == "stalled"
+                                                   else value["to"]) not in names:
+            errors.append(f"{where}: expect.{n}: {kind} names no agent of {', '.join(names)}")
     if errors:
         raise ConfigError("\n".join(errors))
     return data

@@ -119,6 +119,10 @@ def test_every_shipped_scenario_holds():
         elif report["seed"] != yaml.safe_load(path.read_text())["seed"]:
             failures[path.stem] = f"seed {report['seed']} in the report"
     assert not failures, failures
+    # the demo measures itself: threshold -> gas in the inbox, SIGKILL -> running again
+    demo = reports["demo"]["summary"]
+    assert demo["gas_latency_ms"]["samples"] >= 3 and demo["gas_latency_ms"]["p95"] < 5000
+    assert demo["recovery_ms"]["samples"] >= 1 and demo["chat"]["p95_ms"] is not None
     # disk_full: the queue's database on a tmpfs of its own (as root), filled, freed, unmounted
     fault, = [d for d in reports["disk_full"]["timeline"] if d["fault"] == "disk_full"]
     if os.geteuid() == 0:

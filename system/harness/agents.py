@@ -33,7 +33,7 @@ TICK_S = 0.05
 @dataclass
 class Event:
     t: float
-    kind: str              # reached | read | started | stalled | crashed | recovered
+    kind: str              # wrote | reached | read | started | stalled | crashed | recovered
     agent: str
     task: str | None = None
     progress: float | None = None
@@ -86,6 +86,7 @@ class SimAgents:
         self.start_with = list(names[:1] if start is None else start)
         self.events: list[Event] = []
         self.t0 = clock()
+        self.wall0 = time.time()  # the wall clock at t0: event times against file times
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,6 +174,7 @@ class SimAgents:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             os.replace(tmp, path)
+        self._record("wrote", agent)
 
     def _read_inbox(self, agent: _Agent) -> None:
         inbox = self.root / agent.name / "inbox"

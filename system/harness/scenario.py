@@ -265,7 +265,7 @@ class Run:
         self.done: list[dict] = []
         self.swarm: TempSwarm | None = None
         self.agents: SimAgents | None = None
-        self.t0 = 0.0
+        self.t0 = self.wall0 = 0.0  # when the timeline started: monotonic, wall clock
         self.left_running = 0
         self.talking = True
         # disk_full: the queue's database on a small tmpfs of its own (see _mount_disk)
@@ -323,7 +323,7 @@ class Run:
                                     torn_writes=agents.get("torn_writes", 0.2))
             self.agents.start()
             stack.callback(self.agents.stop)
-            self.t0 = time.monotonic()
+            self.t0, self.wall0 = time.monotonic(), time.time()
             self._play()
             self.progress("checking the expectations")
             result = self._result()
@@ -432,6 +432,8 @@ class Run:
 
     def _fault(self, step: dict) -> None:
         kind, target, t = step["fault"], step.get("target"), self.now()
+        if step.get("targets"):
+            target = self.rng.choice(step["targets"])
         try:
             what = self._inject(kind, target, step)
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on
@@ -442,8 +444,6 @@ class Run:
 
     def _inject(self, kind: str, target: str | None, step: dict) -> str:
         for_s = float(step.get("for_s", 5.0))
-        if step.get("targets"):
-            target = self.rng.choice(step["targets"])
         if kind == "kill":
             pid = self.swarm.service(target)["pid"]
             os.kill(pid, signal.SIGKILL)
@@ -552,7 +552,7 @@ class Evidence:
             for path in sorted((run.swarm.workspace / name / "inbox").glob("*.md")):
                 headers, body = parse_inbox_file(path.read_text())
                 inbox.append({"agent": name, "id": path.stem, "headers": headers,
-                              "body": body})
+                              "body": body, "mtime": path.stat().st_mtime})
         log = []
         for path in sorted((run.swarm.data / "logs").glob("swarm.log*")):
             for line in path.read_text(errors="replace").splitlines():
@@ -562,6 +562,40 @@ class Evidence:
 
     def gas_files(self) -> list[dict]:
         return [f for f in self.inbox if f["headers"].get("Gas") in ("prepare", "ready", "go")]
+
+    def gas_latencies(self) -> list[float]:
+        """Per gas file, ms from the relay agent's first status.json write at or past the
+        gas's threshold (the effective ``services.gas.thresholds``) to the file in the next
+        agent's inbox: the pipeline's poll, its decision, the queue and the inbox writer."""
+        config = self.run.swarm.config if self.run.swarm is not None else {}
+        limits = config.get("services", {}).get("gas", {}).get("thresholds") or {}
+        writes: dict[tuple, list[tuple[float, float]]] = {}
+        for e in self.events:
+            if e.kind == "wrote":
+                writes.setdefault((e.agent, e.task), []).append((e.t, e.progress))
+        wall0, out = self.run.agents.wall0, []
+        for f in self.gas_files():
+            h = f["headers"]
+            limit = limits.get(h["Gas"])
+            first = next((t for t, p in writes.get((h.get("From-Agent"), h.get("Task")), [])
+                          if limit is not None and p >= limit), None)
+            if first is not None:
+                out.append(max(0.0, f["mtime"] - (wall0 + first)) * 1000)
+        return out
+
+    def recoveries(self) -> list[float]:
+        """Per SIGKILL of an actor, ms until its supervisor reported it running again."""
+        out = []
+        for d in self.run.done:
+            if d["fault"] != "kill" or not d["done"].startswith("SIGKILL"):
+                continue
+            at = self.run.wall0 + d["t"]
+            back = min((e["ts"] for e in self.log if e.get("event") == "child_started"
+                        and e.get("child") == d["target"] and e.get("ts", 0) > at),
+                       default=None)
+            if back is not None:
+                out.append((back - at) * 1000)
+        return out
 
     def restarts(self) -> Counter:
         """Restarts per service during the run, from the supervisors' log lines (a status
@@ -584,11 +618,21 @@ class Evidence:
             "chat": {"commands": len(self.chats), "answered": len(latencies),
                      "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
                      "p95_ms": round(_p95(latencies), 1) if latencies else None},
+            "gas_latency_ms": _spread(self.gas_latencies()),
+            "recovery_ms": _spread(self.recoveries()),
             "faults": len(self.run.done),
             "skipped_faults": [f"{d['fault']} at {d['t']:g}s: {d['done'][len('skipped: '):]}"
                                for d in self.run.done if d.get("skipped")],
             "platforms": {n: p.records() for n, p in self.run.platforms.items()},
         }
+
+
+def _spread(xs: list[float]) -> dict:
+    """p50/p95 (ms, one decimal) and how many samples; None values without samples."""
+    if not xs:
+        return {"p50": None, "p95": None, "samples": 0}
+    return {"p50": round(statistics.median(xs), 1), "p95": round(_p95(xs), 1),
+            "samples": len(xs)}
 
 
 def _p95(xs: list[float]) -> float:
@@ -801,6 +845,12 @@ def render_report(result: Result) -> str:
         (f"  restarts: {restarts}; refused attempts {s.get('refused', 0)}; faults injected "
         f"{s.get('faults', 0)}"),
         f"  chat: {chat.get('answered', 0)} of {chat.get('commands', 0)} answered{latency}"]
+    for key, what in (("gas_latency_ms", "gas, threshold written -> inbox file"),
+                      ("recovery_ms", "SIGKILL -> running again")):
+        spread = s.get(key) or {}
+        if spread.get("samples"):
+            lines.append(f"  {what}: p50 {spread['p50']} ms, p95 {spread['p95']} ms "
+                         f"({spread['samples']})")
     for skipped in s.get("skipped_faults", []):
         lines.append(f"  [skipped] {skipped}")
     for check in result.checks:

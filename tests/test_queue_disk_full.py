@@ -143,6 +143,27 @@ def _ack(swarm: Swarm, ids: list[str], owner: str) -> None:
     assert done.t == "ok" and done.b["acked"] == len(ids), done.b
 
 
+def _send_until_refused(swarm: Swarm, refusals: int = 3) -> tuple[list[str], dict]:
+    """Enqueue large items one by one on a full disk until ``refusals`` were refused: SQLite
+    may still fit a commit or two into space its files hold already; then every commit fails
+    and is refused, so the producer keeps its messages. (accepted ids, refused items by id)"""
+    accepted, refused = [], {}
+    for i in range(150):
+        item = _item(f"x-{i:03d}", BIG)
+        reply = swarm.ask("queue", protocol.QUEUE_ENQUEUE, {"items": [item]})
+        if reply.t == "ok":
+            assert reply.b["accepted"] == [item["id"]]
+            accepted.append(item["id"])
+            continue
+        assert reply.t == "error" and reply.b["code"] == "storage", reply.b
+        assert reply.b["detail"].startswith(
+            "not committed, retry with the same ids: disk full: "), reply.b["detail"]
+        refused[item["id"]] = item
+        if len(refused) == refusals:
+            return accepted, refused
+    raise AssertionError(f"the disk never refused a commit ({len(accepted)} accepted)")
+
+
 def _full_disk(swarm: Swarm, disk: Disk) -> None:
     """The scenario, on a running swarm whose queue database lives on ``disk``."""
     queue = swarm.service("queue")
@@ -168,23 +189,7 @@ def _full_disk(swarm: Swarm, disk: Disk) -> None:
     assert [m["id"] for m in held.b["messages"]] == ["h-1"]
 
     assert disk.fill() > 0
-    # Producers keep sending: SQLite may still fit a commit or two into space its files hold
-    # already; then every commit fails and is refused, so the producer keeps its messages.
-    accepted, refused = [], {}
-    for i in range(150):
-        item = _item(f"x-{i:03d}", BIG)
-        reply = swarm.ask("queue", protocol.QUEUE_ENQUEUE, {"items": [item]})
-        if reply.t == "ok":
-            assert reply.b["accepted"] == [item["id"]]
-            accepted.append(item["id"])
-        else:
-            assert reply.t == "error" and reply.b["code"] == "storage", reply.b
-            assert reply.b["detail"].startswith(
-                "not committed, retry with the same ids: disk full: "), reply.b["detail"]
-            refused[item["id"]] = item
-            if len(refused) == 3:
-                break
-    assert len(refused) == 3, f"the disk never refused a commit ({len(accepted)} accepted)"
+    accepted, refused = _send_until_refused(swarm)
     ack = swarm.ask("queue", protocol.QUEUE_ACK, {"ids": ["h-1"], "owner": "h"})
     assert ack.t == "ok" or (ack.t == "error" and ack.b["code"] == "storage"), ack
     ack_committed = ack.t == "ok"
@@ -276,19 +281,7 @@ def test_logs_on_the_same_full_disk_do_not_take_an_actor_down(mount_at, make_swa
     assert reply.t == "ok" and reply.b["accepted"] == before
 
     assert disk.fill() > 0
-    accepted, refused = [], {}
-    for i in range(150):
-        item = _item(f"x-{i:03d}", BIG)
-        reply = swarm.ask("queue", protocol.QUEUE_ENQUEUE, {"items": [item]})
-        if reply.t == "ok":
-            accepted.append(item["id"])
-            continue
-        assert reply.t == "error" and reply.b["code"] == "storage", reply.b
-        assert "disk full" in reply.b["detail"], reply.b["detail"]
-        refused[item["id"]] = item
-        if len(refused) == 3:
-            break
-    assert len(refused) == 3, f"the disk never refused a commit ({len(accepted)} accepted)"
+    accepted, refused = _send_until_refused(swarm)
     for _ in range(20):  # each one a warning in the log: 20 lines written to a full disk
         reply = swarm.ask("probe", protocol.TEST_RAISE, {"kind": "permanent"})
         assert reply.t == "error" and reply.b["code"] == "permanent", reply.b

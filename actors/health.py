@@ -10,13 +10,15 @@ import os
 import psutil
 
 from system import protocol
+from system.errors import PermanentError
 from system.launcher import kill_swarm_process
 from system.service import ServiceActor, handles
 
 
 def over_limit(rss_bytes: int, limit_mb: float | None) -> bool:
     """True when a process uses more resident memory than its configured limit."""
-    return bool(limit_mb) and rss_bytes > limit_mb * 1024 * 1024
+    return isinstance(limit_mb, (int, float)) and not isinstance(limit_mb, bool) \
+        and limit_mb > 0 and rss_bytes > limit_mb * 1024 * 1024
 
 
 class HealthMonitor(ServiceActor):
@@ -36,6 +38,8 @@ class HealthMonitor(ServiceActor):
     @handles(protocol.HEALTH_SAMPLE)
     def _sample(self, env, sender) -> None:
         samples, limits = {}, env.b.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise PermanentError("health.sample: limits must be a map of name -> MB")
         pids = {name: pid for name, pid in env.b["pids"].items() if isinstance(pid, int)}
         pids.setdefault(self.name, os.getpid())
         for name, pid in pids.items():

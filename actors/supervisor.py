@@ -19,7 +19,7 @@ from thespian.actors import ActorExitRequest
 
 from actors.tree import ROOT, ChildDef, children_of, policy_of, services
 from system import protocol
-from system.errors import ConfigError
+from system.errors import ConfigError, PermanentError
 from system.service import SwarmActor, handles
 from system.supervision import RestartPolicy
 
@@ -88,6 +88,8 @@ class Supervisor(SwarmActor):
     # -- start -----------------------------------------------------------------------
     @handles(protocol.SVC_INIT)
     def _init(self, env, sender) -> None:
+        if self.parent is not None:  # started already: a second init would orphan the subtree
+            raise PermanentError(f"{self.name} is started already")
         self.name = env.b["name"]
         self.adopt_config(env.b)
         if self.name == ROOT:
@@ -349,6 +351,26 @@ class Supervisor(SwarmActor):
     # -- reconfiguration -------------------------------------------------------------------------
     @handles(protocol.TREE_RECONFIGURE)
     def _reconfigure(self, env, sender) -> None:
+        """From the parent, or at the root from the admin (checked with the registry): anyone
+        on the host can reach an actor's port, and a config names the classes to start."""
+        if sender == self.parent:
+            self._apply_config(env)
+            return
+        if self.name != ROOT or not self.registry:
+            raise PermanentError("tree.reconfigure comes from the supervisor or the admin only")
+
+        def checked(found) -> None:
+            if found is not None and found.t != "error" and \
+                    found.b.get("addr") == protocol.address_to_wire(sender):
+                self._apply_config(env)
+            else:
+                self.reply_error(sender, env, "permanent", "tree.reconfigure comes from the "
+                                 "supervisor or the admin only")
+
+        self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
+                     {"name": "admin"}, checked, timeout_s=5.0)
+
+    def _apply_config(self, env) -> None:
         """Apply a validated config: new policies here, config.changed to running children (a
         child that cannot apply it live is restarted), services added/removed/flipped."""
         old, new = self.config, env.b["config"]
@@ -491,6 +513,8 @@ class Supervisor(SwarmActor):
     # -- registry -----------------------------------------------------------------------------
     @handles(protocol.TREE_REGISTRY)
     def _registry_moved(self, env, sender) -> None:
+        if sender != self.parent and all(c.addr != sender for c in self.children.values()):
+            raise PermanentError("the registry's address comes from the tree's supervisors only")
         if env.b["addr"] != self.registry:
             self._adopt_registry(env.b["addr"], source=sender)
 

@@ -225,7 +225,7 @@ class GasService(ServiceActor):
     @handles(protocol.GAS_HISTORY)
     def _history(self, env, sender) -> None:
         self.reply(sender, env, protocol.OK, {"gas": self.ledger.history(
-            env.b.get("agent"), _limit(env.b.get("limit", 50)))})
+            _opt_text(env.b, "agent"), _limit(env.b.get("limit", 50)))})
 
     # -- the swarm brain ------------------------------------------------------------------------
     @handles(protocol.BRAIN_ADD)
@@ -236,14 +236,14 @@ class GasService(ServiceActor):
             tags = tags.split(",")
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise PermanentError("tags must be a list of strings")
-        entry_id = self.brain.add(b["title"], b["content"], category=b.get("category")
+        entry_id = self.brain.add(b["title"], b["content"], category=_opt_text(b, "category")
                                   or "learning", tags=tags, author=b.get("author") or "unknown")
         self.reply(sender, env, protocol.OK, {"id": entry_id})
 
     @handles(protocol.BRAIN_SEARCH)
     def _brain_search(self, env, sender) -> None:
         self.reply(sender, env, protocol.OK, {"results": self.brain.search(
-            env.b["query"], env.b.get("category"), _limit(env.b.get("limit", 10)))})
+            env.b["query"], _opt_text(env.b, "category"), _limit(env.b.get("limit", 10)))})
 
     @handles(protocol.BRAIN_SHOW)
     def _brain_show(self, env, sender) -> None:
@@ -258,7 +258,7 @@ class GasService(ServiceActor):
         if not isinstance(offset, int) or not 0 <= offset <= 2**62:
             raise PermanentError("offset must be a non-negative integer")
         self.reply(sender, env, protocol.OK, {"entries": self.brain.list(
-            env.b.get("category"), _limit(env.b.get("limit", 20)), offset)})
+            _opt_text(env.b, "category"), _limit(env.b.get("limit", 20)), offset)})
 
     def _view(self, agent: str) -> dict:
         state = self.states.get(agent) or relay.AgentState(agent)
@@ -289,6 +289,15 @@ def _open(store, path: Path, key: str):
         return store(str(path))
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"{key}: cannot open {path}: {exc}") from None
+
+
+def _opt_text(body: dict, field: str) -> str | None:
+    """An optional text field (None when absent or empty): anything but a string is refused
+    here, not by SQLite (a map bound as a parameter is a ProgrammingError: a crash)."""
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise PermanentError(f"{field} must be a string")
+    return value or None
 
 
 def _limit(value) -> int:

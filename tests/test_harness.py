@@ -70,15 +70,22 @@ def test_message_text_is_what_reaches_the_inbox():
     assert _message_text("!status") is None and _message_text("a b: c") is None
 
 
+def deliver(inbox: Path, mid: str, text: str) -> None:
+    """An inbox file as the queue writes it: whole, by a rename (never seen half-written)."""
+    tmp = inbox / f".{mid}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, inbox / f"{mid}.md")
+
+
 def test_simulated_agents_read_in_order_mark_read_start_on_go_and_survive_a_crash(tmp_path):
     agents = SimAgents(tmp_path, ["Agent-1", "Agent-2"], speed=50, start=["Agent-1"],
                        write_every_s=0.05, torn_writes=0.5, seed=1)
     agents.start()
     try:
         inbox = tmp_path / "Agent-2" / "inbox"
-        (inbox / "m1.md").write_text("# Message m1\nFrom: cli\nType: text\n\nhello\n")
+        deliver(inbox, "m1", "# Message m1\nFrom: cli\nType: text\n\nhello\n")
         time.sleep(0.05)
-        (inbox / "m2.md").write_text("# Message m2\nFrom: gas\nType: gas\nGas: go\n\nGO\n")
+        deliver(inbox, "m2", "# Message m2\nFrom: gas\nType: gas\nGas: go\n\nGO\n")
         deadline = time.monotonic() + 30  # 2 s of work, on a loaded machine maybe more
         while time.monotonic() < deadline and not any(
                 e.kind == "reached" and e.agent == "Agent-2" for e in agents.snapshot()):
@@ -91,7 +98,7 @@ def test_simulated_agents_read_in_order_mark_read_start_on_go_and_survive_a_cras
         status = json.loads((tmp_path / "Agent-2" / "status.json").read_text())
         assert status == {**status, "current_task": "Agent-2-task-1", "progress": 100}
         agents.crash("Agent-2", 0.3)
-        (inbox / "m3.md").write_text("# Message m3\nType: text\n\nafter the crash\n")
+        deliver(inbox, "m3", "# Message m3\nType: text\n\nafter the crash\n")
         time.sleep(1.0)
         reads = [e.message_id for e in agents.snapshot() if e.kind == "read"]
         assert reads == ["m1", "m2", "m3"], "a restarted agent goes on after read.log"

@@ -73,8 +73,8 @@ class DiscordPlatform:
         try:
             post = self.sim.wait_post(OPS_CHANNEL, timeout=REPLY_TIMEOUT_S, after=sent["id"])
         except TimeoutError:
-            return None, time.perf_counter() - t0
-        return _text(post), time.perf_counter() - t0
+            return None, time.perf_counter() - t0, sent["id"]
+        return _text(post), time.perf_counter() - t0, sent["id"]
 
     def click(self, user: str, control: str) -> tuple[str | None, float]:
         """Click the button ``control`` (a custom_id such as ``swarm:panel:status``) on the
@@ -86,8 +86,11 @@ class DiscordPlatform:
             response = self.sim.wait_response(
                 interaction, lambda r: r.get("content") or r.get("embeds"), REPLY_TIMEOUT_S)
         except TimeoutError:
-            return None, time.perf_counter() - t0
-        return _text(response), time.perf_counter() - t0
+            return None, time.perf_counter() - t0, interaction
+        return _text(response), time.perf_counter() - t0, interaction
+
+    def reached(self, ref: str) -> bool:
+        return self.sim.reached(ref)
 
     def refused_label(self, user: str) -> str:
         return f"discord:{self.ids[user]}"

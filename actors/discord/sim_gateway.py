@@ -98,6 +98,7 @@ class Gateway:
         self.sessions: dict[str, _Session] = {}
         self.identifies: list[dict] = []
         self.resumes: list[dict] = []
+        self.received: set[str] = set()  # ids of messages/interactions a live socket was sent
         self.connections = 0
 
     # -- the websocket endpoint ------------------------------------------------------------
@@ -221,6 +222,7 @@ class Gateway:
             missed = [event for event in session.sent if event[0] > seq]
             for s, t, data in missed:
                 await conn.send({"op": 0, "s": s, "t": t, "d": data})
+                self._received(t, data)
             session.seq += 1
             await conn.send({"op": 0, "s": session.seq, "t": "RESUMED", "d": {}})
         record.update(result="resumed", replayed=len(missed))
@@ -258,6 +260,11 @@ class Gateway:
         session.sent.append((session.seq, event, data))
         if session.conn is not None:
             await session.conn.send({"op": 0, "s": session.seq, "t": event, "d": data})
+            self._received(event, data)
+
+    def _received(self, event: str, data: dict) -> None:
+        if event in ("MESSAGE_CREATE", "INTERACTION_CREATE") and "id" in data:
+            self.received.add(str(data["id"]))
 
     def _visible(self, session: _Session, event: str, data: dict) -> dict | None:
         needed = EVENT_INTENTS.get(event, 0)

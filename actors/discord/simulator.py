@@ -606,6 +606,12 @@ class SimDiscordThread:
     def get_message(self, message_id: str) -> dict:
         return self.call(lambda s: s.get_message(message_id))
 
+    def reached(self, ref: str) -> bool:
+        """Whether a message or interaction (by id) was sent to a bot on a live gateway
+        socket, at once or in a RESUME's replay (one sent while no bot was connected never
+        is: Discord does not deliver it later)."""
+        return self.call(lambda s: str(ref) in s.gateway.received)
+
     def records(self) -> dict[str, Any]:
         """A snapshot: identifies, resumes, syncs, responses, interaction_errors, requests,
         unhandled, server_errors, rate_limited, connections, live_connections, ready_count."""

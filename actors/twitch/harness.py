@@ -65,13 +65,16 @@ class TwitchPlatform:
     def say(self, user: str, text: str) -> tuple[str | None, float]:
         since = self.sim.call(lambda s: len(s.state.sent))
         t0 = time.perf_counter()
-        self.sim.chat(user, text, badges=self.users[user].get("badges", []))
+        ref = self.sim.chat(user, text, badges=self.users[user].get("badges", []))
         try:
             sent = self.sim.wait_sent(lambda m: m["text"].startswith(f"@{user} "),
                                       REPLY_TIMEOUT_S, since)
         except TimeoutError:
-            return None, time.perf_counter() - t0
-        return sent["text"], time.perf_counter() - t0
+            return None, time.perf_counter() - t0, ref
+        return sent["text"], time.perf_counter() - t0, ref
+
+    def reached(self, ref: str) -> bool:
+        return self.sim.reached(ref)
 
     def refused_label(self, user: str) -> str:
         return f"twitch:{self.ids[user]}"

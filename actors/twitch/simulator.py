@@ -91,6 +91,7 @@ class SimTwitch(RestApi):
         self.requests: list[tuple[str, str, int]] = []   # (method, path, status), REST only
         self.subscription_requests: list[dict] = []      # every POST eventsub/subscriptions
         self.notifications: dict[str, tuple[str, dict]] = {}  # message id -> (type, event)
+        self.received: set[str] = set()  # message ids a live EventSub session was sent
         self.unhandled: list[tuple[str, str]] = []
         self.server_errors: list[str] = []
         self.eventsub = EventSub(self)
@@ -179,6 +180,8 @@ class SimTwitch(RestApi):
                 delivered += await self.eventsub.notify(
                     subscription.session_id, self._subscription_json(subscription), event,
                     message_id)
+        if delivered:
+            self.received.add(message_id)
         return delivered
 
     # -- knobs -------------------------------------------------------------------------------
@@ -355,6 +358,11 @@ class SimTwitchThread:
 
     def redeliver(self, message_id: str) -> int:
         return self._run(self.sim.redeliver(message_id))
+
+    def reached(self, message_id: str) -> bool:
+        """Whether a chat line went to a live EventSub session (one sent while the bot had
+        none never does: Twitch does not deliver it later)."""
+        return self.call(lambda s: message_id in s.received)
 
     def wait_until(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
         """``predicate`` runs on the simulator's thread."""

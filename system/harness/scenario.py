@@ -133,11 +133,16 @@ class Platform(Protocol):
     def wait_connected(self, timeout: float) -> None:
         """Until the swarm's client is connected to the platform."""
 
-    def say(self, user: str, text: str) -> tuple[str | None, float]:
-        """``user`` types ``text``; (the reply, or None within the timeout; seconds)."""
+    def say(self, user: str, text: str) -> tuple[str | None, float, str]:
+        """``user`` types ``text``; (the reply, or None within the timeout; seconds; the
+        platform's id of what was sent, for :meth:`reached`)."""
 
-    def click(self, user: str, control: str) -> tuple[str | None, float]:
+    def click(self, user: str, control: str) -> tuple[str | None, float, str]:
         """``user`` clicks ``control`` (e.g. a button of the control panel); like say."""
+
+    def reached(self, ref: str) -> bool:
+        """Whether what ``say``/``click`` sent reached the swarm's client (it may have been
+        disconnected then: a restart; the platform never delivers it later)."""
 
     def refused_label(self, user: str) -> str:
         """How the swarm's log names the user (the start of its audit label)."""
@@ -160,6 +165,7 @@ class Chat:
     text: str
     reply: str | None
     seconds: float
+    ref: str = ""  # the platform's id of what was sent (Platform.reached)
 
 
 @dataclass
@@ -420,12 +426,12 @@ class Run:
             t = self.now()
             said = step.get("say") or f"[click {step['click']}]"
             try:
-                reply, seconds = platform.say(user, step["say"]) if "say" in step \
+                reply, seconds, ref = platform.say(user, step["say"]) if "say" in step \
                     else platform.click(user, step["click"])
             except Exception as exc:  # noqa: BLE001 - a platform failure is a finding
-                reply, seconds = None, REPLY_TIMEOUT_S
+                reply, seconds, ref = None, REPLY_TIMEOUT_S, ""
                 self.progress(f"{user}: {type(exc).__name__}: {exc}")
-            self.chats.append(Chat(t, user, platform.name, said, reply, seconds))
+            self.chats.append(Chat(t, user, platform.name, said, reply, seconds, ref))
             self.progress(f"{t:5.1f}s {user}: {said!r} -> "
                           f"{(reply or 'no reply')[:80]!r} ({seconds * 1000:.0f} ms)")
             lane.pop(0)
@@ -737,11 +743,18 @@ def _refused(ev: Evidence, user: str) -> tuple[bool, str]:
 
 
 def _replied(ev: Evidence, user: str) -> tuple[bool, str]:
+    """Every command that reached the bot got a reply (an error counts). One the platform
+    never delivered (sent while the bot was not connected, e.g. its process restarting: a
+    platform does not deliver it later) is counted apart, not as silence."""
     mine = [c for c in ev.chats if user == "all" or c.user == user]
-    silent = [f"{c.user}: {c.text!r}" for c in mine if c.reply is None]
     if not mine:
         return False, "no chat commands to judge"
-    return not silent, f"{len(mine) - len(silent)} of {len(mine)} answered" + (
+    unanswered = [c for c in mine if c.reply is None]
+    offline = [c for c in unanswered
+               if c.ref and not ev.run.platforms[c.platform].reached(c.ref)]
+    silent = [f"{c.user}: {c.text!r}" for c in unanswered if c not in offline]
+    return not silent, f"{len(mine) - len(unanswered)} of {len(mine)} answered" + (
+        f", {len(offline)} never reached the bot (it was not connected)" if offline else "") + (
         "; silent: " + "; ".join(silent[:5]) if silent else "")
 
 

@@ -19,6 +19,7 @@ each user that theirs was interrupted and may or may not have been done.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -84,15 +85,28 @@ class Journal:
 @contextlib.contextmanager
 def handling(journal: Journal, bridge, key: str, channel: str, user: str, text: str,
              label: str) -> Iterator[None]:
-    """Around one chat command: journaled until answered; then, with how long it took, posted
-    to the actor as recent activity (``label`` names the user there)."""
+    """Around one chat command: journaled until answered (an error escaping counts: the error
+    path answered it); then, with how long it took, posted to the actor as recent activity
+    (``label`` names the user there). Cancelled, because the client is stopping, it stays
+    in the journal: a graceful stop of the service mid-command is told at the next start,
+    as a SIGKILL is."""
     journal.begin(key, channel, user, text)
     started = time.monotonic()
     try:
         yield
-    finally:
-        journal.end(key)
-        bridge.post(command_done(label, text, (time.monotonic() - started) * 1000))
+    except (asyncio.CancelledError, GeneratorExit):  # the client is stopping mid-command (its
+        raise  # task cancelled, or closed with the loop): unanswered, it stays journaled
+    except BaseException:
+        _handled(journal, bridge, key, label, text, started)
+        raise
+    task = asyncio.current_task()
+    if task is None or not task.cancelling():  # discord.py swallows a command's cancellation
+        _handled(journal, bridge, key, label, text, started)
+
+
+def _handled(journal: Journal, bridge, key: str, label: str, text: str, started: float) -> None:
+    journal.end(key)
+    bridge.post(command_done(label, text, (time.monotonic() - started) * 1000))
 
 
 def command_done(label: str, text: str, ms: float | None = None) -> tuple:

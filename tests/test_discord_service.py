@@ -362,16 +362,18 @@ def test_in_a_direct_message_only_user_id_rules_count_and_server_commands_are_re
     assert '"event": "command_error"' not in log and "Traceback" not in log
 
 
-def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(discord_swarm, sim):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(discord_swarm, sim, sig):
     """The admin is hung (SIGSTOP), so !status waits for it; the discord actor is SIGKILLed
-    meanwhile. The next start tells the user their command was interrupted."""
+    meanwhile, or SIGTERMed (as when its supervisor dies: a graceful stop that cancels the
+    command). The next start tells the user their command was interrupted."""
     services = discord_swarm.status()["services"]
     admin_pid, discord_pid = services["admin"]["pid"], services["discord"]["pid"]
     os.kill(admin_pid, signal.SIGSTOP)  # the health monitor soon kills it as unresponsive
     try:
         sim.message(OPS, OPERATOR, "!status")
         wait_inflight(discord_swarm, "discord")
-        os.kill(discord_pid, signal.SIGKILL)
+        os.kill(discord_pid, sig)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(admin_pid, signal.SIGCONT)

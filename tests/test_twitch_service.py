@@ -370,7 +370,8 @@ def test_two_channels_each_answered_where_asked_and_the_owner_is_an_admin(make_s
     assert reply["channel"] == other["id"]
 
 
-def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(twitch_swarm, sim):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])  # SIGTERM: a graceful stop
+def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(twitch_swarm, sim, sig):
     services = twitch_swarm.status()["services"]
     admin_pid, twitch_pid = services["admin"]["pid"], services["twitch"]["pid"]
     os.kill(admin_pid, signal.SIGSTOP)  # !status waits for it; the health monitor kills it
@@ -378,7 +379,7 @@ def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(twitch_swa
         since = len(sim.records()["sent"])
         sim.chat(VIEWER, "!status")
         wait_inflight(twitch_swarm, "twitch")
-        os.kill(twitch_pid, signal.SIGKILL)
+        os.kill(twitch_pid, sig)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(admin_pid, signal.SIGCONT)

@@ -206,12 +206,14 @@ def test_a_burst_stays_within_the_limit_and_confirmations_are_never_lost(make_sw
                  badges=["subscriber"] if n % 2 else [])
         if n in (100, 500, 900):
             sim.chat(MOD, f"!agent Agent-1 job {n}", badges=["moderator"])
-    settled = swarm.wait_for(lambda s: re.search(r"queued 0, dropped [1-9]",
-                                                 s["services"]["twitch"]["detail"]),
-                             timeout=60, what="the burst answered or dropped")
-    detail = settled["services"]["twitch"]["detail"]
-    sent_n, dropped = map(int, re.search(r"sent (\d+), queued 0, dropped (\d+)", detail).groups())
-    assert sent_n + dropped == 203  # 200 answers + 3 confirmations: each sent or counted
+    def accounted(status: dict) -> int:  # sent + dropped, once nothing waits (0 before)
+        m = re.search(r"sent (\d+), queued 0, dropped (\d+)", status["services"]["twitch"]["detail"])
+        return int(m[1]) + int(m[2]) if m else 0
+
+    # the queue can be empty between lines of the burst: wait for all of them, not for a lull
+    with contextlib.suppress(TimeoutError):
+        swarm.wait_for(lambda s: accounted(s) >= 203, timeout=60, what="the burst accounted")
+    assert accounted(swarm.status()) == 203  # 200 answers + 3 confirmations: sent or counted
     records = sim.records()["sent"]
     assert [m for m in records if m["drop_reason"]] == []  # never over Twitch's limit
     assert sim.max_sent_in_window(window_s=3.0) <= 5

@@ -30,6 +30,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from actors.gas.cli import bar, when
+from actors.queue.commands import printable
 from system import protocol
 from system.admin import AdminClient
 from system.cli import config_of
@@ -40,7 +42,6 @@ ALERTS_SHOWN = 5
 COMMANDS_SHOWN = 5
 FEED_SHOWN = 8
 CHAT_SERVICES = ("discord", "twitch")
-BAR_WIDTH = 20
 
 
 def register(add, common) -> None:
@@ -129,22 +130,8 @@ def read_feed(path: Path | None, lines: int = FEED_SHOWN) -> list[str]:
 def clean(text: object, limit: int = 120) -> Text:
     """User or service text as plain text: no markup, no control characters (a chat line
     cannot forge colours or move the cursor)."""
-    s = str(text)
-    s = s if s.isprintable() else "".join(c if c.isprintable() else "?" for c in s)
+    s = printable(str(text))
     return Text(s if len(s) <= limit else s[:limit - 1] + "…")
-
-
-def _clock(ts: float | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def bar(progress: float, width: int = BAR_WIDTH) -> str:
-    """
-    >>> bar(50, 10)
-    '█████░░░░░'
-    """
-    full = round(max(0.0, min(progress, 100.0)) / 100 * width)
-    return "█" * full + "░" * (width - full)
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -156,12 +143,12 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def header(snap: Snapshot) -> Text:
-    line = Text(f"swarm top  {_clock(snap.at)}  ")
+    line = Text(f"swarm top  {when(snap.at)}  ")
     status = snap.status
     if "swarm" in snap.problems:
         line.append("NOT REACHABLE", style="bold red")
         line.append(f" ({snap.problems['swarm'][:100]}); "
-                    + (f"showing {_clock(snap.fresh_at)}" if snap.fresh_at else "waiting"))
+                    + (f"showing {when(snap.fresh_at)}" if snap.fresh_at else "waiting"))
     elif status is not None:
         healthy = status.get("healthy")
         line.append("healthy" if healthy else "NOT healthy",
@@ -200,7 +187,7 @@ def gas_panel(snap: Snapshot) -> RenderableType:
                       f"{bar(a.get('progress', 0))} {a.get('progress', 0):5.1f}%",
                       Text(stage, style="bold red" if stage == "STALLED" else ""),
                       clean(a.get("task") or "-", 24), clean(a.get("next") or "-", 16),
-                      f"{last[0]} {_clock(last[1])}" if last else "-")
+                      f"{last[0]} {when(last[1])}" if last else "-")
     if not table.rows:
         return Text("gas: no agents seen yet", style="dim")
     return table
@@ -219,7 +206,7 @@ def chat_panel(snap: Snapshot) -> RenderableType:
         recent += [(name, a) for a in view.get("activity") or []]
     recent.sort(key=lambda na: na[1].get("at", 0))
     for name, a in recent[-COMMANDS_SHOWN:]:
-        commands.add_row(_clock(a.get("at")), name, clean(a.get("user", "?"), 20),
+        commands.add_row(when(a.get("at")), name, clean(a.get("user", "?"), 20),
                          clean(a.get("text", ""), 40), str(a.get("ms", "")))
     if not table.rows:
         return Text("chat: no chat service configured", style="dim")
@@ -233,7 +220,7 @@ def alerts_panel(snap: Snapshot) -> RenderableType:
     table = _table("last alerts", "AT", "SEVERITY", "SERVICE", "SUMMARY")
     for a in alerts:
         count = a.get("count", 1)
-        table.add_row(_clock(a.get("ts")), a.get("severity", "?"), clean(a.get("service"), 16),
+        table.add_row(when(a.get("ts")), a.get("severity", "?"), clean(a.get("service"), 16),
                       clean(f"{a.get('summary', '')}" + (f" (x{count})" if count > 1 else ""),
                             70))
     return table

@@ -14,7 +14,8 @@ import time
 
 from rich.console import Console
 
-from actors.top import Snapshot, Source, bar, render
+from actors.gas.cli import bar
+from actors.top import Snapshot, Source, render
 from tests.conftest import ROOT
 
 

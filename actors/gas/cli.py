@@ -74,12 +74,16 @@ def _call(args, op: str, body: dict | None = None) -> dict:
     return AdminClient(config_of(args).data).call(protocol.ADMIN_GAS, {"op": op, **(body or {})})
 
 
-def _bar(progress: float, width: int = 20) -> str:
-    full = round(progress / 100 * width)
+def bar(progress: float, width: int = 20) -> str:
+    """
+    >>> bar(50, 10), bar(250, 4), bar(-5, 4)
+    ('█████░░░░░', '████', '░░░░')
+    """
+    full = round(max(0.0, min(progress, 100.0)) / 100 * width)
     return "█" * full + "░" * (width - full)
 
 
-def _when(ts: float | None) -> str:
+def when(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
@@ -87,9 +91,9 @@ def print_status(reply: dict) -> None:
     print(f"{'AGENT':<10} {'PROGRESS':<27} {'STAGE':<9} {'NEXT':<10} {'UPDATED':<9} "
           f"{'GAS SENT':<30} TASK")
     for a in reply["agents"]:
-        sent = ", ".join(f"{k} {_when(t)}" for k, t in a["sent"].items()) or "-"
-        print(f"{a['agent']:<10} {_bar(a['progress'])} {a['progress']:>5.1f}% {a['stage']:<9} "
-              f"{a['next'] or '-':<10} {_when(a['updated']):<9} {sent:<30} {a['task'] or '-'}"
+        sent = ", ".join(f"{k} {when(t)}" for k, t in a["sent"].items()) or "-"
+        print(f"{a['agent']:<10} {bar(a['progress'])} {a['progress']:>5.1f}% {a['stage']:<9} "
+              f"{a['next'] or '-':<10} {when(a['updated']):<9} {sent:<30} {a['task'] or '-'}"
               + (f"  ({a['problem']})" if a.get("problem") else ""))
 
 
@@ -118,7 +122,7 @@ def cmd_history(args) -> int:
 
     def show(r: dict) -> None:
         for g in r["gas"]:
-            print(f"{_when(g['created_at'])}  {g['kind']:<8} {g['agent']} -> {g['next_agent']} "
+            print(f"{when(g['created_at'])}  {g['kind']:<8} {g['agent']} -> {g['next_agent']} "
                   f"at {g['progress']:g}% on {g['task']}  [{g['state']}] {g['msg_id']}")
         if not r["gas"]:
             print("no gas sent yet")
@@ -157,7 +161,7 @@ def cmd_brain_search(args) -> int:
 def cmd_brain_show(args) -> int:
     reply = _call(args, "brain_show", {"id": args.id})
     emit(args, reply, lambda e: print(f"#{e['id']} {e['title']} ({e['category']}, by "
-                                      f"{e['author']}, {_when(e['created_at'])})\n\n"
+                                      f"{e['author']}, {when(e['created_at'])})\n\n"
                                       f"{e['content']}"))
     return 0
 

@@ -215,7 +215,7 @@ def decode_payloads(messages: list[dict]) -> list[dict]:
     return out
 
 
-def _shown(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` safe to print in a table: a control character (a newline in a consumer's
     nack error, an escape sequence) becomes ``?`` instead of forging lines or colours."""
     return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
@@ -237,11 +237,11 @@ def print_stats(s: dict) -> None:
     lat = s["latency_ms"]
     print(f"latency enqueue->ack: p50 {_num(lat['p50'], ' ms')}, p95 {_num(lat['p95'], ' ms')}, "
           f"p99 {_num(lat['p99'], ' ms')} ({lat['samples']} samples)")
-    flight = ", ".join(f"{_shown(o)} {n}" for o, n in s["in_flight"].items()) or "none"
+    flight = ", ".join(f"{printable(o)} {n}" for o, n in s["in_flight"].items()) or "none"
     print(f"in flight: {flight}{_more(s['in_flight'], s.get('in_flight_owners'))}")
     for sub in s["subscriptions"]:
         target = sub["recipient"] or "topic " + sub["topic"]
-        print(f"  subscription {sub['sub']} {_shown(target)} -> {_shown(sub['addr'])}: "
+        print(f"  subscription {sub['sub']} {printable(target)} -> {printable(sub['addr'])}: "
               f"{sub['in_flight']}/{sub['max_in_flight']}")
     if more := _more(s["subscriptions"], s.get("subscription_count")):
         print(f"  {more.strip()}")
@@ -252,7 +252,7 @@ def print_stats(s: dict) -> None:
         print(f"throttled agent messages (agent_throttle): {s['throttled']}")
     if s["ready_by_recipient"]:
         print("ready by recipient: " + ", ".join(
-            f"{_shown(r)} {n}" for r, n in s["ready_by_recipient"].items())
+            f"{printable(r)} {n}" for r, n in s["ready_by_recipient"].items())
             + _more(s["ready_by_recipient"], s.get("recipients_ready")))
 
 
@@ -270,7 +270,7 @@ def print_dlq(reply: dict) -> None:
     print(f"{'ID':<28} {'RECIPIENT':<16} {'TRIES':>5}  {'DIED':<19}  ERROR")
     for m in msgs:
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("dead_at") or 0))
-        print(f"{m['id']:<28} {_shown(m['recipient']):<16} {m['attempts']:>5}  {died:<19}  "
-              f"{_shown((m.get('last_error') or '')[:80])}")
+        print(f"{m['id']:<28} {printable(m['recipient']):<16} {m['attempts']:>5}  {died:<19}  "
+              f"{printable((m.get('last_error') or '')[:80])}")
     if total > offset + len(msgs):
         print(f"({len(msgs)} of {total} shown from {offset}; more: --offset {offset + len(msgs)})")

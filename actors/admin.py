@@ -117,12 +117,10 @@ class Admin(ServiceActor):
                     what: str, audit: str | None = None) -> None:
         if self._not_ready(sender, env):
             return
-        if audit:
-            self._audit(env, audit)
 
         def missing(lookup):
-            if lookup is not None and lookup.t == "error" \
-                    and lookup.b["code"] == "unknown_service":
+            if lookup is not None and (lookup.t == "error" and lookup.b["code"] == "unknown_service"
+                                       or lookup.b.get("state") == "removed"):
                 self.reply_error(sender, env, f"{service}_unavailable",
                                  f"{_UNAVAILABLE[service]} is not configured")
             elif lookup is None or lookup.t == "error":
@@ -135,6 +133,8 @@ class Admin(ServiceActor):
 
         self.request_named(service, mtype, body, self._answer(sender, env, what),
                            REQUEST_TIMEOUT_S, missing)
+        if audit:  # after the request is on its way: logging is a message too
+            self._audit(env, audit)
 
     @handles(protocol.ADMIN_SEND)
     def _send(self, env, sender) -> None:

@@ -55,6 +55,7 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # survives a process kill, which is its job
         self.db.execute("CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, "
                         "channel TEXT, user TEXT, text TEXT, at REAL)")
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-journal")

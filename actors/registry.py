@@ -19,6 +19,7 @@ from system.launcher import kill_swarm_process
 from system.service import ServiceActor, handles
 
 HELD_REPORTERS, HELD_NAMES = 4, 1024
+WATCHERS_PER_NAME = 256
 
 
 def _order(report: dict) -> tuple[float, int]:
@@ -37,6 +38,9 @@ class Registry(ServiceActor):
         self.alerts = AlertRouter()
         self.sinks: list[str] = []
         self.held: dict[str, dict[str, dict]] = {}  # reporter -> name -> its latest report
+        self.watchers: dict[str, set[str]] = {}  # name -> who is told when it moves
+        self.versions: dict[str, int] = {}  # name -> version of its (addr, state)
+        self.version = 0
 
     def on_start(self) -> None:
         self.registry = protocol.address_to_wire(self.myAddress)
@@ -131,7 +135,10 @@ class Registry(ServiceActor):
         if new_process:
             self._forget_pings(entry.name)  # pings to the previous process are moot
         entry.parent_addr = reporter
+        where = entry.addr, entry.state
         entry.update(b, time.time())
+        if (entry.addr, entry.state) != where:
+            self._moved(entry.name, entry.addr, entry.state, gone=where[0])
         if entry.state not in ("starting", "stopping"):
             if notice := state_notice(entry.name, entry.settled, entry.state, entry.last_error):
                 self._to_sinks(notice)
@@ -149,8 +156,10 @@ class Registry(ServiceActor):
     @handles(protocol.REGISTRY_REMOVE)
     def _remove(self, env, sender) -> None:
         self._check_reporter(sender, "registry.remove")
-        self.entries.pop(env.b["name"], None)
+        entry = self.entries.pop(env.b["name"], None)
         self._forget_pings(env.b["name"])
+        if entry is not None:
+            self._moved(entry.name, None, "removed", gone=entry.addr)
 
     @handles(protocol.REGISTRY_NOTE)
     def _note(self, env, sender) -> None:
@@ -167,9 +176,29 @@ class Registry(ServiceActor):
         if entry is None:
             self.reply_error(sender, env, "unknown_service", f"no service named {env.b['name']!r}")
             return
+        if env.b.get("watch") is True:
+            watching = self.watchers.setdefault(entry.name, set())
+            if len(watching) < WATCHERS_PER_NAME:
+                watching.add(protocol.address_to_wire(sender))
         self.reply(sender, env, protocol.REGISTRY_FOUND,
                    {"name": entry.name, "addr": entry.addr, "parent_addr": entry.parent_addr,
-                    "state": entry.state, "pid": entry.pid})
+                    "state": entry.state, "pid": entry.pid,
+                    "v": self.versions.get(entry.name, 0)})
+
+    def _moved(self, name: str, addr: str | None, state: str, gone: str | None) -> None:
+        """``name`` moved or changed state: tell whoever watches it (ServiceActor.request_named
+        sends there directly). An actor that moved away from ``gone`` watches nothing any more:
+        its successor looks up what it needs."""
+        self.version += 1
+        self.versions[name] = self.version
+        if gone and gone != addr:
+            for watching in self.watchers.values():
+                watching.discard(gone)
+        data = None
+        for watcher in self.watchers.get(name, ()):
+            data = data or protocol.REGISTRY_MOVED.encode(
+                {"name": name, "addr": addr or "", "state": state, "v": self.version})
+            self.send(protocol.address_from_wire(watcher), data)
 
     @handles(protocol.REGISTRY_STATUS)
     def _status(self, env, sender) -> None:

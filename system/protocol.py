@@ -153,9 +153,14 @@ REGISTRY_UPDATE = define("registry.update", "A supervisor reports a child's stat
 REGISTRY_REMOVE = define("registry.remove", "A child is no longer supervised.", name=str)
 REGISTRY_NOTE = define("registry.note", "Record an error against a child: name, error.",
                        name=str, error=str)
-REGISTRY_LOOKUP = define("registry.lookup", "Find a service by name.", name=str)
-REGISTRY_FOUND = define("registry.found", "Lookup answer: name, addr, parent_addr, state.",
+REGISTRY_LOOKUP = define("registry.lookup", "Find a service by name; watch: true also asks to "
+                         "be told (registry.moved) whenever its address or state changes.",
+                         name=str)
+REGISTRY_FOUND = define("registry.found", "Lookup answer: name, addr, parent_addr, state, v "
+                        "(the entry's version: a later answer or notice has a higher one).",
                         name=str)
+REGISTRY_MOVED = define("registry.moved", "To the actors watching name: its addr, state and v "
+                        "changed (a restart, a stop).", name=str, state=str, v=int)
 REGISTRY_STATUS = define("registry.status", "Ask for the aggregated status.")
 REGISTRY_SNAPSHOT = define("registry.snapshot", "Aggregated status: healthy, services.",
                            healthy=bool, services=dict)

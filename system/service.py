@@ -91,6 +91,18 @@ class ErrorStats:
                 "last": self.last, "last_at": self.last_at}
 
 
+class _NamedCall:
+    """One request_named in flight: ``key`` is its entry in ``_pending`` (the id of the copy
+    sent last, or the wait for an address); ``addr`` where it went (None: not sent yet)."""
+
+    __slots__ = ("addr", "body", "deadline", "key", "mtype", "name", "on_missing", "on_reply")
+
+    def __init__(self, name, mtype, body, on_reply, on_missing, deadline) -> None:
+        self.name, self.mtype, self.body = name, mtype, body
+        self.on_reply, self.on_missing, self.deadline = on_reply, on_missing, deadline
+        self.key, self.addr = f"wait:{protocol.new_id()}", None
+
+
 class SwarmActor(Actor):
     """Decode, dispatch, reply, recover: the part shared by supervisors and services."""
 
@@ -122,7 +134,11 @@ class SwarmActor(Actor):
         self._current: protocol.Envelope | None = None
         self._retries: dict[str, int] = {}
         self._pending: dict[str, tuple[Callable, float]] = {}
-        self._addresses: dict[str, str] = {}  # request_named's cache: name -> wire address
+        # request_named: name -> (wire address, registry version); the calls in flight by
+        # name and key; the names being looked up
+        self._addresses: dict[str, tuple[str, int]] = {}
+        self._calls: dict[str, set[_NamedCall]] = {}
+        self._looking: set[str] = set()
 
     # -- logging and replies -------------------------------------------------
     def log(self, level: str, event: str, msg: str, **fields: Any) -> None:
@@ -153,51 +169,112 @@ class SwarmActor(Actor):
                       on_missing: Callable[[protocol.Envelope | None], None]) -> None:
         """Ask the actor registered as ``name``, found through the registry.
 
-        The address is cached: the request goes straight there, and a registry lookup runs
-        alongside to check the cache (saving a hop on every request). When the actor has moved
-        (a restart: what went to the old address is lost without a word from Thespian) the
-        request goes again to the new address; with nothing cached it waits for the lookup.
-        ``on_reply`` runs once, with the first reply or None after the timeout;
-        ``on_missing(lookup)`` instead when the registry has no running ``name`` (lookup: its
-        answer, None if it was silent and nothing was cached). A second copy reaches an actor
-        only if the old one took the request just before it exited and its successor registered
-        before the lookup was answered: harmless for reads and for writes deduplicated by id
-        (queue items carry one); a restart or nudge could then happen twice."""
+        The first request looks the name up and asks the registry to *watch* it; from then on
+        requests go straight to the cached address, and the registry tells this actor
+        (``registry.moved``) whenever that name's address or state changes. A request that went
+        to an actor which then moved (a restart: what went to the old address is lost without
+        a word from Thespian) goes again to the new address as soon as it runs; one waiting
+        for a restarting actor waits until it runs or the timeout. ``on_reply`` runs once,
+        with the reply or None after ``timeout_s``; ``on_missing(notice)`` instead when the
+        registry has no running ``name`` for it (its answer or notice: ``b["state"]`` says
+        why; None if it did not answer). A second copy reaches an actor only if the old one
+        took the request just before it exited: harmless for reads and for writes
+        deduplicated by id (queue items carry one); a restart or nudge could then happen
+        twice. Should a notice be lost (the registry restarted), a timeout drops the cached
+        address and the next request looks it up again."""
         if not self.registry:
             on_missing(None)
             return
-        cached = self._addresses.get(name)
-        answered = False
+        call = _NamedCall(name, mtype, body, on_reply, on_missing,
+                          time.monotonic() + timeout_s)
+        self._calls.setdefault(name, set()).add(call)
+        located = self._addresses.get(name)
+        if located:
+            self._send_call(call, located[0])
+        else:
+            self._pending[call.key] = (lambda _: self._call_done(call, None), call.deadline)
+            self._look_up(name)
 
-        def once(callback: Callable, reply) -> None:
-            nonlocal answered
-            if not answered:  # the copy sent to a moved actor timing out, or a late reply
-                answered = True
-                callback(reply)
-
-        def send_to(addr: str) -> None:
-            def replied(reply) -> None:
-                if reply is None and self._addresses.get(name) == addr:
-                    del self._addresses[name]  # look it up before the next request
-                once(on_reply, reply)
-            self.request(protocol.address_from_wire(addr), mtype, body, replied, timeout_s)
+    def _look_up(self, name: str) -> None:
+        """One lookup (with a watch) per name at a time; its answer places the waiting calls."""
+        if name in self._looking or not self.registry:
+            return
+        self._looking.add(name)
 
         def found(lookup) -> None:
-            addr = lookup.b.get("addr") if lookup is not None and lookup.t != "error" else None
-            if not addr or lookup.b.get("state") != "running":
-                if lookup is not None:
-                    self._addresses.pop(name, None)
-                if lookup is not None or not cached:  # else the cached one may still answer
-                    once(on_missing, lookup)
-                return
-            self._addresses[name] = addr
-            if addr != cached and not answered:
-                send_to(addr)
+            self._looking.discard(name)
+            if lookup is None:  # the registry is silent: whoever waits for an address gives up
+                for call in list(self._calls.get(name, ())):
+                    if call.addr is None:
+                        self._call_missing(call, None)
+            elif lookup.t == "error":
+                self._addresses.pop(name, None)
+                for call in list(self._calls.get(name, ())):
+                    self._call_missing(call, lookup)
+            else:
+                self._located(lookup)
 
-        if cached:
-            send_to(cached)
         self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
-                     {"name": name}, found, min(timeout_s, 5.0))
+                     {"name": name, "watch": True}, found, 5.0)
+
+    @handles(protocol.REGISTRY_MOVED)
+    def _moved(self, env, sender) -> None:
+        if protocol.address_to_wire(sender) != self.registry:
+            raise PermanentError("registry.moved comes from the registry only")
+        self._located(env)
+
+    def _located(self, env: protocol.Envelope) -> None:
+        """Where ``name`` is now (a lookup's answer or a registry.moved notice, whichever is
+        newer: ``v`` orders them): cache it and send the calls that did not go there yet; a
+        name that is not running drops the cache, and ends the calls unless it is on its way
+        back (starting, restarting)."""
+        b = env.b
+        name, addr, version = b["name"], b.get("addr"), b.get("v", 0)
+        known = self._addresses.get(name)
+        if known is not None and version < known[1]:
+            return  # overtaken: a newer notice placed it already
+        calls = list(self._calls.get(name, ()))
+        if addr and b.get("state") == "running":
+            self._addresses[name] = (addr, version)
+            for call in calls:
+                if call.addr != addr:
+                    self._send_call(call, addr)
+            return
+        self._addresses.pop(name, None)
+        if b.get("state") not in ("starting", "restarting"):
+            for call in calls:
+                self._call_missing(call, env)
+
+    def _send_call(self, call: _NamedCall, addr: str) -> None:
+        self._pending.pop(call.key, None)  # the copy sent before (or the wait) is superseded
+        call.addr, call.key = addr, protocol.new_id()
+        self._pending[call.key] = (lambda reply: self._call_done(call, reply), call.deadline)
+        self.send(protocol.address_from_wire(addr), call.mtype.encode(call.body, id=call.key))
+
+    def _call_done(self, call: _NamedCall, reply) -> None:
+        calls = self._calls.get(call.name, set())
+        if call not in calls:
+            return  # answered already
+        calls.discard(call)
+        if reply is None and call.addr and self._addresses.get(call.name, ("",))[0] == call.addr:
+            del self._addresses[call.name]  # silent there: look it up before the next request
+        call.on_reply(reply)
+
+    def _call_missing(self, call: _NamedCall, why) -> None:
+        self._pending.pop(call.key, None)
+        calls = self._calls.get(call.name, set())
+        if call in calls:
+            calls.discard(call)
+            call.on_missing(why)
+
+    def _registry_changed(self) -> None:
+        """A new registry knows nothing of this actor's watches: look every name up again
+        (the calls in flight go again where it says, if that is elsewhere)."""
+        self._addresses.clear()
+        self._looking.clear()
+        for name, calls in self._calls.items():
+            if calls:
+                self._look_up(name)
 
     def _expire_requests(self) -> None:
         now = time.monotonic()
@@ -232,9 +309,12 @@ class SwarmActor(Actor):
         """Take the lifecycle fields of ``svc.init`` / ``config.changed``: config, log level,
         secrets to redact, and (init only) where the registry, root and config file are."""
         self.config = body["config"]
+        registry = self.registry
         for key in ("registry", "root", "config_file"):
             if key in body:
                 setattr(self, key, body[key])
+        if self.registry != registry:
+            self._registry_changed()
         level = self.service_config().get("log_level") or self.config.get(
             "system", {}).get("log_level", "info")
         self.log_level = LEVELS.get(level, LEVELS["info"])
@@ -401,7 +481,9 @@ class SwarmActor(Actor):
     def _registry_moved(self, env, sender) -> None:
         if sender != self.parent:
             raise PermanentError("the registry's address comes from the supervisor only")
-        self.registry = env.b["addr"]
+        if env.b["addr"] != self.registry:
+            self.registry = env.b["addr"]
+            self._registry_changed()
 
     def fail(self, reason: str, state: str = "failed") -> None:
         """Tell the supervisor this service cannot work until its config changes."""

@@ -134,9 +134,10 @@ class SwarmActor(Actor):
         self._current: protocol.Envelope | None = None
         self._retries: dict[str, int] = {}
         self._pending: dict[str, tuple[Callable, float]] = {}
-        # request_named: name -> (wire address, registry version); the calls in flight by
-        # name and key; the names being looked up
-        self._addresses: dict[str, tuple[str, int]] = {}
+        # request_named: name -> wire address, and the registry's version of the news of it;
+        # the calls in flight by name; the names being looked up
+        self._addresses: dict[str, str] = {}
+        self._versions: dict[str, int] = {}
         self._calls: dict[str, set[_NamedCall]] = {}
         self._looking: set[str] = set()
 
@@ -190,7 +191,7 @@ class SwarmActor(Actor):
         self._calls.setdefault(name, set()).add(call)
         located = self._addresses.get(name)
         if located:
-            self._send_call(call, located[0])
+            self._send_call(call, located)
         else:
             self._pending[call.key] = (lambda _: self._call_done(call, None), call.deadline)
             self._look_up(name)
@@ -203,16 +204,16 @@ class SwarmActor(Actor):
 
         def found(lookup) -> None:
             self._looking.discard(name)
-            if lookup is None:  # the registry is silent: whoever waits for an address gives up
-                for call in list(self._calls.get(name, ())):
-                    if call.addr is None:
-                        self._call_missing(call, None)
-            elif lookup.t == "error":
-                self._addresses.pop(name, None)
-                for call in list(self._calls.get(name, ())):
-                    self._call_missing(call, lookup)
-            else:
+            if lookup is not None and lookup.t != "error":
                 self._located(lookup)
+                return
+            # silent, or no such name (yet: a new registry learns the tree again): whoever waits
+            # for an address gives up; a call sent already waits for its answer
+            if lookup is not None:
+                self._addresses.pop(name, None)
+            for call in list(self._calls.get(name, ())):
+                if call.addr is None:
+                    self._call_missing(call, lookup)
 
         self.request(protocol.address_from_wire(self.registry), protocol.REGISTRY_LOOKUP,
                      {"name": name, "watch": True}, found, 5.0)
@@ -230,12 +231,12 @@ class SwarmActor(Actor):
         back (starting, restarting)."""
         b = env.b
         name, addr, version = b["name"], b.get("addr"), b.get("v", 0)
-        known = self._addresses.get(name)
-        if known is not None and version < known[1]:
-            return  # overtaken: a newer notice placed it already
+        if version < self._versions.get(name, -1):
+            return  # overtaken: newer news of it came first
+        self._versions[name] = version
         calls = list(self._calls.get(name, ()))
         if addr and b.get("state") == "running":
-            self._addresses[name] = (addr, version)
+            self._addresses[name] = addr
             for call in calls:
                 if call.addr != addr:
                     self._send_call(call, addr)
@@ -256,7 +257,7 @@ class SwarmActor(Actor):
         if call not in calls:
             return  # answered already
         calls.discard(call)
-        if reply is None and call.addr and self._addresses.get(call.name, ("",))[0] == call.addr:
+        if reply is None and call.addr and self._addresses.get(call.name) == call.addr:
             del self._addresses[call.name]  # silent there: look it up before the next request
         call.on_reply(reply)
 
@@ -271,6 +272,7 @@ class SwarmActor(Actor):
         """A new registry knows nothing of this actor's watches: look every name up again
         (the calls in flight go again where it says, if that is elsewhere)."""
         self._addresses.clear()
+        self._versions.clear()
         self._looking.clear()
         for name, calls in self._calls.items():
             if calls:

@@ -143,11 +143,40 @@ def test_news_older_than_what_is_cached_is_ignored(net):
     net.pump()
     net.add(QUEUE_2, Queue)
     report(net, "queue", "running", QUEUE_2)
-    assert client._addresses["queue"][0] == QUEUE_2
+    assert client._addresses["queue"] == QUEUE_2
     stale = protocol.decode(protocol.REGISTRY_MOVED.encode(
         {"name": "queue", "addr": QUEUE_1, "state": "running", "v": 0}))
     client._moved(stale, protocol.address_from_wire(REG))  # overtaken on the way
-    assert client._addresses["queue"][0] == QUEUE_2
+    assert client._addresses["queue"] == QUEUE_2
+
+
+def test_news_older_than_a_restart_does_not_bring_back_the_old_address(net):
+    client = net.actors[CLIENT]
+    client.ask_queue()
+    net.pump()
+    report(net, "queue", "restarting", None)
+    assert "queue" not in client._addresses
+    stale = protocol.decode(protocol.REGISTRY_MOVED.encode(
+        {"name": "queue", "addr": QUEUE_1, "state": "running", "v": 1}))
+    client._moved(stale, protocol.address_from_wire(REG))  # an answer from before, late
+    assert "queue" not in client._addresses
+
+
+def test_a_new_registry_that_does_not_know_the_name_yet_leaves_a_sent_request_waiting(net):
+    client = net.actors[CLIENT]
+    client.ask_queue()
+    net.pump()
+    net.queue.clear()
+    client.ask_queue()  # on its way to the live queue...
+    pending = net.queue[:]
+    net.queue.clear()
+    net.add("tcp:127.0.0.1:9100", Registry).root = SUP  # ...when a new registry, still empty,
+    client.adopt_config({"config": {}, "registry": "tcp:127.0.0.1:9100"})  # is announced
+    net.pump()
+    assert client.missing == []
+    net.queue.extend(pending)
+    net.pump()
+    assert client.replies == [QUEUE_1, QUEUE_1]
 
 
 def test_moves_from_anyone_but_the_registry_are_refused(net):
@@ -157,7 +186,7 @@ def test_moves_from_anyone_but_the_registry_are_refused(net):
     forged = protocol.REGISTRY_MOVED.encode(
         {"name": "queue", "addr": "tcp:127.0.0.1:1", "state": "running", "v": 99})
     client._on_bytes(forged, protocol.address_from_wire(QUEUE_1))
-    assert client._addresses["queue"][0] == QUEUE_1
+    assert client._addresses["queue"] == QUEUE_1
     assert client.error_stats.by_class["permanent"] == 1
 
 

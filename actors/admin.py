@@ -1,8 +1,10 @@
 """Admin actor: the entry point for CLI, Discord and Twitch commands, and the config watcher.
 
-Each command is an ``admin.*`` message; the admin asks the registry (or the owning
-supervisor, or the queue) and answers the requester with ``ok`` or ``error``, correlated by
-message id. External clients find it through the root supervisor (see ``system/admin.py``).
+Each command is an ``admin.*`` message; the admin checks and audits it, and forwards it to the
+registry or the service that does it (the queue, the gas pipeline), which answers the requester
+directly with ``ok`` or ``error``, correlated by the request's id (``forward_named``: one hop
+fewer than asking and passing the answer on); restarts go through the owning supervisor.
+External clients find it through the root supervisor (see ``system/admin.py``).
 
 Requests name who asks in ``principal`` (``cli:<user>``, ``discord:<id> (<name>)``,
 ``twitch:<login>``): every command that changes something is logged with it (event ``audit``),
@@ -66,14 +68,10 @@ class Admin(ServiceActor):
         if self._not_ready(sender, env):
             return
         reload_state = self.watcher.last.view() if self.watcher.last else None
-
-        def done(reply):
-            if reply is not None and reply.t != "error":
-                reply.b["config"] = {"file": self.config_file, "last_reload": reload_state}
-            self._answer(sender, env, "registry status")(reply)
-
-        self.request(self._registry_addr(), protocol.REGISTRY_STATUS, None, done,
-                     REQUEST_TIMEOUT_S)
+        # forwarded: the registry answers the requester, with this part of the answer
+        self.send(self._registry_addr(), protocol.REGISTRY_STATUS.encode(
+            {"config": {"file": self.config_file, "last_reload": reload_state}},
+            id=env.id, rt=env.rt or protocol.address_to_wire(sender)))
 
     @handles(protocol.ADMIN_RESTART)
     def _restart(self, env, sender) -> None:
@@ -111,10 +109,10 @@ class Admin(ServiceActor):
         self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": env.b["name"]},
                      self._answer(sender, env, "lookup"), REQUEST_TIMEOUT_S)
 
-    # -- service commands: sent to the service's cached address, checked against the registry
-    # on every request (ServiceActor.request_named: a restarted queue has a new address)
+    # -- service commands: forwarded to the service's cached address, which the registry keeps
+    # up to date (ServiceActor.forward_named: a restarted queue has a new address)
     def _to_service(self, service: str, sender, env, mtype: protocol.MessageType, body: dict,
-                    what: str, audit: str | None = None) -> None:
+                    repeatable: bool, audit: str | None = None) -> None:
         if self._not_ready(sender, env):
             return
 
@@ -131,8 +129,8 @@ class Admin(ServiceActor):
                     else f"{service}_unavailable"
                 self.reply_error(sender, env, code, f"{_UNAVAILABLE[service]} is {state}")
 
-        self.request_named(service, mtype, body, self._answer(sender, env, what),
-                           REQUEST_TIMEOUT_S, missing)
+        self.forward_named(service, env, sender, mtype, body, missing, REQUEST_TIMEOUT_S,
+                           repeatable)
         if audit:  # after the request is on its way: logging is a message too
             self._audit(env, audit)
 
@@ -140,8 +138,9 @@ class Admin(ServiceActor):
     def _send(self, env, sender) -> None:
         items = env.b["items"]
         to = sorted({str(i.get("recipient"))[:64] for i in items if isinstance(i, dict)})
-        self._to_service("queue", sender, env, protocol.QUEUE_ENQUEUE, {"items": items}, "enqueue",
-                       audit=f"send {len(items)} message(s) to {', '.join(to)}"[:300])
+        with_ids = all(isinstance(i, dict) and i.get("id") for i in items)  # sent twice: one copy
+        self._to_service("queue", sender, env, protocol.QUEUE_ENQUEUE, {"items": items}, with_ids,
+                         audit=f"send {len(items)} message(s) to {', '.join(to)}"[:300])
 
     @handles(protocol.ADMIN_QUEUE)
     def _queue_op(self, env, sender) -> None:
@@ -161,7 +160,7 @@ class Admin(ServiceActor):
             return
         mtype, changes = ops[op]
         body = {k: v for k, v in env.b.items() if k not in ("op", "principal")}
-        self._to_service(service, sender, env, mtype, body, f"{service} {op}", audit=(
+        self._to_service(service, sender, env, mtype, body, not changes, audit=(
             f"{service} {op} " + " ".join(f"{k}={str(v)[:60]}" for k, v in body.items()))[:300]
             if changes else None)
 

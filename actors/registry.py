@@ -202,8 +202,12 @@ class Registry(ServiceActor):
 
     @handles(protocol.REGISTRY_STATUS)
     def _status(self, env, sender) -> None:
+        """The status snapshot; ``config`` (the config file and its last reload, from the admin
+        forwarding a client's admin.status) is passed on in it."""
+        extra = {"config": env.b["config"]} if isinstance(env.b.get("config"), dict) else {}
         self.reply(sender, env, protocol.REGISTRY_SNAPSHOT,
-                   {**snapshot(self.entries, time.time()), "alerts": self.alerts.recent[-10:]})
+                   {**snapshot(self.entries, time.time()), "alerts": self.alerts.recent[-10:],
+                    **extra})
 
     # -- health polling -------------------------------------------------------------------
     def on_tick(self) -> None:

@@ -8,7 +8,8 @@
     'bad_message'
 
 An envelope is a msgpack map ``{"t": type, "id": message id, "re": id replied to, "ts": unix
-time, "b": body}``. Decoding never uses pickle or ext types, bounds every size, and turns
+time, "b": body}``, plus ``"c"`` (correlation id) and ``"rt"`` (reply to: a forwarded request is
+answered there, not to its sender) when set. Decoding never uses pickle or ext types, bounds every size, and turns
 anything malformed or unknown into a :class:`BadMessage` (never an exception).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_WIRE_SCHEMES = ("tcp:", "local:")  # see address_to_wire
 _MAX_ITEMS = 1_000_000
 
 _ids = itertools.count(1)
@@ -58,6 +60,10 @@ class Envelope(NamedTuple):
     cid: str = ""
     """Correlation id: the id of the request that started this chain of messages (``c`` on the
     wire; the message's own id when absent). Logged, so one request can be followed."""
+    rt: str | None = None
+    """Reply to: where the answer goes instead of the sender (a wire address), set when a
+    request was forwarded on behalf of someone else (the admin forwarding a client's request
+    to a service: the service answers the client directly)."""
 
 
 class BadMessage(NamedTuple):
@@ -66,6 +72,8 @@ class BadMessage(NamedTuple):
     code: str
     detail: str
     id: str | None = None
+    rt: str | None = None
+    """Where the error reply goes, when the envelope could be read that far (see Envelope)."""
 
 
 class MessageType(NamedTuple):
@@ -76,11 +84,14 @@ class MessageType(NamedTuple):
     doc: str
 
     def encode(self, body: dict | None = None, *, re: str | None = None,
-               id: str | None = None) -> bytes:
-        """Pack ``body`` into an envelope of this type (carrying the current correlation id)."""
+               id: str | None = None, rt: str | None = None) -> bytes:
+        """Pack ``body`` into an envelope of this type (carrying the current correlation id);
+        ``rt``: answer there, not to the sender (a forwarded request keeps its ``id``)."""
         env = {"t": self.name, "id": id or new_id(), "re": re, "ts": time.time(), "b": body or {}}
         if _correlation:
             env["c"] = _correlation
+        if rt:
+            env["rt"] = rt
         return msgpack.packb(env, use_bin_type=True)
 
     def reply(self, to: Envelope, body: dict | None = None) -> bytes:
@@ -161,7 +172,8 @@ REGISTRY_FOUND = define("registry.found", "Lookup answer: name, addr, parent_add
                         name=str)
 REGISTRY_MOVED = define("registry.moved", "To the actors watching name: its addr, state and v "
                         "changed (a restart, a stop).", name=str, state=str, v=int)
-REGISTRY_STATUS = define("registry.status", "Ask for the aggregated status.")
+REGISTRY_STATUS = define("registry.status", "Ask for the aggregated status (config: a map "
+                         "passed on in the answer).")
 REGISTRY_SNAPSHOT = define("registry.snapshot", "Aggregated status: healthy, services.",
                            healthy=bool, services=dict)
 
@@ -275,17 +287,19 @@ def decode(data: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope | BadMessa
     t, re, ts, body = raw.get("t"), raw.get("re"), raw.get("ts"), raw.get("b", {})
     if not isinstance(t, str) or mid is None:
         return BadMessage("bad_message", "envelope needs string fields 't' and 'id'", mid)
+    rt = raw.get("rt")
+    rt = rt if isinstance(rt, str) and len(rt) <= 128 and rt.startswith(_WIRE_SCHEMES) else None
     if not (re is None or isinstance(re, str)) or not isinstance(ts, _num):
-        return BadMessage("bad_message", "envelope field 're' or 'ts' has the wrong type", mid)
+        return BadMessage("bad_message", "envelope field 're' or 'ts' has the wrong type", mid, rt)
     mtype = TYPES.get(t)
     if mtype is None:
-        return BadMessage("unknown_type", f"unknown message type {t[:64]!r}", mid)
+        return BadMessage("unknown_type", f"unknown message type {t[:64]!r}", mid, rt)
     problem = _check(body, mtype)
     if problem:
-        return BadMessage("bad_message", problem, mid)
+        return BadMessage("bad_message", problem, mid, rt)
     cid = raw.get("c")
     return Envelope(t, mid, re, float(ts), body, cid if isinstance(cid, str) and len(cid) <= 128
-                    else mid)
+                    else mid, rt)
 
 
 def error_reply(bad: BadMessage | Envelope | None, code: str, detail: str) -> bytes:

@@ -44,6 +44,8 @@ _PR_SET_PDEATHSIG = 1
 TRANSIENT_RETRIES = 5
 TRANSIENT_BASE_S = 0.1
 ACTIVITY_MAX = 20  # entries of activity() sent with each health reply
+FORWARD_HELD_S = 5.0    # a forward goes again if its target moves this soon (health timeout +)
+FORWARD_HELD_MAX = 256  # forwards held per name at most (the oldest are forgotten first)
 # Keys every service applies live: they only matter to the base, the supervisor or the registry.
 _BASE_LIVE_KEYS = frozenset({"log_level", "max_rss_mb", "depends_on", "restart",
                              "shutdown_timeout_s", "enabled"})
@@ -91,15 +93,29 @@ class ErrorStats:
                 "last": self.last, "last_at": self.last_at}
 
 
+def _reply_to(sender, env):
+    if env is not None and env.rt:
+        try:
+            return protocol.address_from_wire(env.rt)
+        except ValueError:  # not an address after all: the sender hears of it
+            pass
+    return sender
+
+
 class _NamedCall:
-    """One request_named in flight: ``key`` is its entry in ``_pending`` (the id of the copy
-    sent last, or the wait for an address); ``addr`` where it went (None: not sent yet)."""
+    """One request_named (or forward_named) in flight: ``key`` is its entry in ``_pending``
+    (the id of the copy sent last, the wait for an address, or how long a forward is held);
+    ``addr`` where it went (None: not sent yet). A forward keeps the requester's id and
+    address (``forward``) and whether it may go again (``repeatable``)."""
 
-    __slots__ = ("addr", "body", "deadline", "key", "mtype", "name", "on_missing", "on_reply")
+    __slots__ = ("addr", "body", "deadline", "forward", "key", "mtype", "name", "on_missing",
+                 "on_reply", "repeatable")
 
-    def __init__(self, name, mtype, body, on_reply, on_missing, deadline) -> None:
+    def __init__(self, name, mtype, body, on_reply, on_missing, deadline,
+                 forward: tuple[str, str] | None = None, repeatable: bool = True) -> None:
         self.name, self.mtype, self.body = name, mtype, body
         self.on_reply, self.on_missing, self.deadline = on_reply, on_missing, deadline
+        self.forward, self.repeatable = forward, repeatable
         self.key, self.addr = f"wait:{protocol.new_id()}", None
 
 
@@ -139,6 +155,7 @@ class SwarmActor(Actor):
         self._addresses: dict[str, str] = {}
         self._versions: dict[str, int] = {}
         self._calls: dict[str, set[_NamedCall]] = {}
+        self._held: dict[str, collections.deque] = {}  # forwards sent, oldest first
         self._looking: set[str] = set()
 
     # -- logging and replies -------------------------------------------------
@@ -152,10 +169,11 @@ class SwarmActor(Actor):
 
     def reply(self, to_addr, env: protocol.Envelope | None, mtype: protocol.MessageType,
               body: dict | None = None) -> None:
-        self.send(to_addr, mtype.encode(body, re=env.id if env else None))
+        """Answer ``env``: to ``to_addr`` (its sender), or where it says (``rt``: forwarded)."""
+        self.send(_reply_to(to_addr, env), mtype.encode(body, re=env.id if env else None))
 
     def reply_error(self, to_addr, env, code: str, detail: str) -> None:
-        self.send(to_addr, protocol.error_reply(env, code, detail))
+        self.send(_reply_to(to_addr, env), protocol.error_reply(env, code, detail))
 
     def request(self, addr, mtype: protocol.MessageType, body: dict | None,
                 on_reply: Callable[[protocol.Envelope | None], None], timeout_s: float = 5.0) -> None:
@@ -186,8 +204,30 @@ class SwarmActor(Actor):
         if not self.registry:
             on_missing(None)
             return
-        call = _NamedCall(name, mtype, body, on_reply, on_missing,
-                          time.monotonic() + timeout_s)
+        self._place(_NamedCall(name, mtype, body, on_reply, on_missing,
+                               time.monotonic() + timeout_s))
+
+    def forward_named(self, name: str, env: protocol.Envelope, sender, mtype: protocol.MessageType,
+                      body: dict, on_missing: Callable[[protocol.Envelope | None], None],
+                      timeout_s: float, repeatable: bool) -> None:
+        """Forward the request ``env`` from ``sender`` to the actor registered as ``name``, as
+        ``mtype`` with ``body``: it keeps the request's id and is answered to ``sender``
+        directly (Akka's ``forward``: one hop fewer than asking and passing the answer on).
+        Found and followed as :meth:`request_named`. Its answer is not seen here, so a forward
+        is held for ``FORWARD_HELD_S`` after it was sent: if the actor moves meanwhile (it may
+        have died before answering), a ``repeatable`` one (a read, or a write deduplicated by
+        id) goes again to the new address; another is answered "interrupted" (the requester
+        drops either if it had its answer). Waiting longer than ``timeout_s`` for an address is
+        answered as a timeout; ``on_missing`` as for request_named."""
+        requester = env.rt or protocol.address_to_wire(sender)
+        if not self.registry:
+            on_missing(None)
+            return
+        self._place(_NamedCall(name, mtype, body, None, on_missing, time.monotonic() + timeout_s,
+                               forward=(env.id, requester), repeatable=repeatable))
+
+    def _place(self, call: _NamedCall) -> None:
+        name = call.name
         self._calls.setdefault(name, set()).add(call)
         located = self._addresses.get(name)
         if located:
@@ -248,9 +288,31 @@ class SwarmActor(Actor):
 
     def _send_call(self, call: _NamedCall, addr: str) -> None:
         self._pending.pop(call.key, None)  # the copy sent before (or the wait) is superseded
+        if call.forward is not None:
+            if call.addr is not None and not call.repeatable:  # it may have run there already
+                self._call_missing(call, None, interrupted=True)
+                return
+            call.addr, call.key = addr, f"held:{protocol.new_id()}"
+            self._pending[call.key] = (lambda _: self._forget(call),
+                                       time.monotonic() + FORWARD_HELD_S)
+            held = self._held.setdefault(call.name, collections.deque())
+            held.append((call, call.key))
+            if len(held) > FORWARD_HELD_MAX:  # the oldest were answered long ago, most likely
+                old, key = held.popleft()
+                if old.key == key:  # (not sent again since)
+                    self._forget(old)
+            rid, requester = call.forward
+            self.send(protocol.address_from_wire(addr),
+                      call.mtype.encode(call.body, id=rid, rt=requester))
+            return
         call.addr, call.key = addr, protocol.new_id()
         self._pending[call.key] = (lambda reply: self._call_done(call, reply), call.deadline)
         self.send(protocol.address_from_wire(addr), call.mtype.encode(call.body, id=call.key))
+
+    def _forget(self, call: _NamedCall) -> None:
+        """A held forward's time is up (or it is superseded): nothing more to do for it."""
+        self._pending.pop(call.key, None)
+        self._calls.get(call.name, set()).discard(call)
 
     def _call_done(self, call: _NamedCall, reply) -> None:
         calls = self._calls.get(call.name, set())
@@ -259,14 +321,27 @@ class SwarmActor(Actor):
         calls.discard(call)
         if reply is None and call.addr and self._addresses.get(call.name) == call.addr:
             del self._addresses[call.name]  # silent there: look it up before the next request
-        call.on_reply(reply)
+        if call.forward is None:
+            call.on_reply(reply)
+        else:  # a forward that never found an address in time
+            self._tell_requester(call, "timeout", f"{call.name} did not answer in time")
 
-    def _call_missing(self, call: _NamedCall, why) -> None:
+    def _call_missing(self, call: _NamedCall, why, interrupted: bool = False) -> None:
         self._pending.pop(call.key, None)
         calls = self._calls.get(call.name, set())
         if call in calls:
             calls.discard(call)
-            call.on_missing(why)
+            if interrupted:
+                self._tell_requester(call, "interrupted", f"{call.name} restarted while handling "
+                                     "it; it may or may not have been done (check before "
+                                     "trying again)")
+            else:
+                call.on_missing(why)
+
+    def _tell_requester(self, call: _NamedCall, code: str, detail: str) -> None:
+        rid, requester = call.forward
+        self.send(protocol.address_from_wire(requester),
+                  protocol.ERROR.encode({"code": code, "detail": detail}, re=rid))
 
     def _registry_changed(self) -> None:
         """A new registry knows nothing of this actor's watches: look every name up again
@@ -357,7 +432,7 @@ class SwarmActor(Actor):
             self.rejected_count += 1
             self.error_stats.record("permanent", env.detail)
             self.log("warning", "bad_message", env.detail, code=env.code)
-            self.send(sender, protocol.error_reply(env, env.code, env.detail))
+            self.reply_error(sender, env, env.code, env.detail)
             return
         self._current = env
         protocol.correlate(env.cid)
@@ -378,8 +453,7 @@ class SwarmActor(Actor):
         """A valid message this actor does not handle (replies are dropped silently)."""
         if env.re is None and env.t != "error":
             self.rejected_count += 1
-            self.send(sender, protocol.error_reply(env, "unknown_type",
-                                                   f"{self.name} does not handle {env.t}"))
+            self.reply_error(sender, env, "unknown_type", f"{self.name} does not handle {env.t}")
 
     def _recover(self, exc: Exception, env: protocol.Envelope, data: bytes, sender) -> None:
         kind = classify(exc)

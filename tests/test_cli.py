@@ -111,13 +111,17 @@ def test_one_request_can_be_followed_across_actors_by_its_correlation_id(shared_
     client = AdminClient(shared_swarm.config)
     client.call(protocol.HEALTH_PING)  # resolve the admin first
     data = protocol.ADMIN_RESTART.encode({"name": "probe"}, id="trace-4711")
-    reply = client.asys.ask(client._admin, data, 10)
-    assert protocol.decode(reply).t == "ok"
-    time.sleep(0.5)
+    reply = protocol.decode(client.asys.ask(client._admin, data, 10))
+    assert reply.t == "ok" and reply.re == "trace-4711", reply
     log = shared_swarm.dir / "data" / "logs" / "swarm.log"
-    traced = {json.loads(line)["service"] for line in log.read_text().splitlines()
-              if '"cid": "trace-4711"' in line}
-    assert {"services", "probe"} <= traced  # supervisor's restart and the new probe's start
+    deadline = time.monotonic() + 10  # the records travel through the logger process
+    while True:
+        traced = {json.loads(line)["service"] for line in log.read_text().splitlines()
+                  if '"cid": "trace-4711"' in line}
+        if {"services", "probe"} <= traced or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert {"services", "probe"} <= traced, traced  # the supervisor's restart, the new probe
 
 
 def test_start_refuses_an_invalid_config_and_starts_nothing(make_swarm):

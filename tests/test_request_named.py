@@ -37,7 +37,7 @@ class Net:
         while self.queue:
             to, frm, data = self.queue.pop(0)
             if to in self.actors:
-                self.seen.append((to, protocol.decode(data).t))
+                self.seen.append((to, getattr(protocol.decode(data), "t", "?")))
                 self.actors[to]._on_bytes(data, protocol.address_from_wire(frm))
 
     def count(self, to: str, mtype: protocol.MessageType) -> int:
@@ -276,3 +276,96 @@ def test_on_a_real_swarm_requests_around_a_queue_kill_are_answered_at_once(make_
     swarm.wait_for(lambda _: len(list(inbox.iterdir())) >= sent, what="every message delivered")
     time.sleep(0.5)
     assert sorted(p.name for p in inbox.iterdir()) == sorted(f"m{i}.md" for i in range(sent))
+
+
+# -- forwards: the admin's way (forward_named) ----------------------------------------------------
+class Forwarder(ServiceActor):
+    """Forwards test requests to the queue as QUEUE_STATS (repeatable), QUEUE_PURGE (not) or
+    QUEUE_ENQUEUE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.missing: list = []
+
+    @handles(protocol.TEST_ECHO)
+    def _forward(self, env, sender) -> None:
+        mtype = {"purge": protocol.QUEUE_PURGE, "enqueue": protocol.QUEUE_ENQUEUE}.get(
+            env.b.get("as"), protocol.QUEUE_STATS)
+        self.forward_named("queue", env, sender, mtype, env.b.get("body", {}),
+                           lambda why: self.missing.append(why and why.b.get("state")),
+                           float(env.b.get("timeout", 10.0)), repeatable=mtype is protocol.QUEUE_STATS)
+
+
+class Requester(ServiceActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list = []
+
+    def on_unhandled(self, env, sender) -> None:  # every answer, however many
+        self.got.append((env.re, env.t, env.b.get("at") or env.b.get("code"),
+                         protocol.address_to_wire(sender)))
+
+
+FWD, REQ = "tcp:127.0.0.1:9007", "tcp:127.0.0.1:9008"
+
+
+@pytest.fixture
+def fnet(net):
+    net.add(FWD, Forwarder).registry = REG
+    net.add(REQ, Requester)
+    return net
+
+
+def ask_via(net: Net, rid: str, **body) -> None:
+    net.queue.append((FWD, REQ, protocol.TEST_ECHO.encode(body, id=rid)))
+    net.pump()
+
+
+def test_a_forward_is_answered_by_the_service_to_the_requester_under_its_id(fnet):
+    ask_via(fnet, "r1")
+    ask_via(fnet, "r2")
+    assert fnet.actors[REQ].got == [("r1", "ok", QUEUE_1, QUEUE_1), ("r2", "ok", QUEUE_1, QUEUE_1)]
+    assert fnet.count(FWD, protocol.OK) == 0  # nothing comes back through the forwarder
+    assert fnet.count(REG, protocol.REGISTRY_LOOKUP) == 1
+
+
+def test_a_moved_service_gets_repeatable_forwards_again_and_others_are_told_interrupted(fnet):
+    ask_via(fnet, "r0")  # answered before the restart: held, then sent again (a harmless copy)
+    del fnet.actors[QUEUE_1]
+    ask_via(fnet, "read")
+    ask_via(fnet, "purge", **{"as": "purge"})
+    report(fnet, "queue", "restarting", None)
+    fnet.add(QUEUE_2, Queue)
+    report(fnet, "queue", "running", QUEUE_2)
+    got = fnet.actors[REQ].got
+    assert ("read", "ok", QUEUE_2, QUEUE_2) in got and ("r0", "ok", QUEUE_2, QUEUE_2) in got
+    assert ("purge", "error", "interrupted", FWD) in got
+    assert not any(r == "purge" and t == "ok" for r, t, *_ in got)
+
+
+def test_a_forward_waiting_for_an_address_is_answered_as_a_timeout(fnet):
+    report(fnet, "queue", "restarting", None)
+    ask_via(fnet, "late", timeout=0.0)
+    time.sleep(0.01)
+    fnet.actors[FWD]._expire_requests()
+    fnet.pump()
+    assert fnet.actors[REQ].got == [("late", "error", "timeout", FWD)]
+
+
+def test_a_held_forward_is_forgotten_after_its_time(fnet, monkeypatch):
+    import system.service
+
+    monkeypatch.setattr(system.service, "FORWARD_HELD_S", 0.0)
+    ask_via(fnet, "r1")
+    time.sleep(0.01)
+    fnet.actors[FWD]._expire_requests()
+    assert not any(fnet.actors[FWD]._calls.values()) and not fnet.actors[FWD]._pending
+    fnet.add(QUEUE_2, Queue)
+    report(fnet, "queue", "running", QUEUE_2)
+    assert fnet.actors[REQ].got == [("r1", "ok", QUEUE_1, QUEUE_1)]  # not sent again
+
+
+def test_a_forward_the_service_cannot_read_is_refused_to_the_requester(fnet):
+    ask_via(fnet, "bad", body={"item": []}, **{"as": "enqueue"})  # enqueue needs items
+    (rid, t, code, frm), = fnet.actors[REQ].got
+    assert (rid, t, code, frm) == ("bad", "error", "bad_message", QUEUE_1)

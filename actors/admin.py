@@ -68,10 +68,14 @@ class Admin(ServiceActor):
         if self._not_ready(sender, env):
             return
         reload_state = self.watcher.last.view() if self.watcher.last else None
-        # forwarded: the registry answers the requester, with this part of the answer
-        self.send(self._registry_addr(), protocol.REGISTRY_STATUS.encode(
-            {"config": {"file": self.config_file, "last_reload": reload_state}},
-            id=env.id, rt=env.rt or protocol.address_to_wire(sender)))
+        self._to_registry(env, sender, protocol.REGISTRY_STATUS,  # with this part of the answer
+                          {"config": {"file": self.config_file, "last_reload": reload_state}})
+
+    def _to_registry(self, env, sender, mtype: protocol.MessageType, body: dict) -> None:
+        """Forwarded: the registry answers the requester (lost if the registry is restarting
+        that moment: the client's own timeout then tells)."""
+        self.send(self._registry_addr(), mtype.encode(
+            body, id=env.id, rt=env.rt or protocol.address_to_wire(sender)))
 
     @handles(protocol.ADMIN_RESTART)
     def _restart(self, env, sender) -> None:
@@ -106,8 +110,7 @@ class Admin(ServiceActor):
     def _lookup(self, env, sender) -> None:
         if self._not_ready(sender, env):
             return
-        self.request(self._registry_addr(), protocol.REGISTRY_LOOKUP, {"name": env.b["name"]},
-                     self._answer(sender, env, "lookup"), REQUEST_TIMEOUT_S)
+        self._to_registry(env, sender, protocol.REGISTRY_LOOKUP, {"name": env.b["name"]})
 
     # -- service commands: forwarded to the service's cached address, which the registry keeps
     # up to date (ServiceActor.forward_named: a restarted queue has a new address)

@@ -3,8 +3,8 @@
 Admin: ``AdminClient.call(health.ping)`` to the admin actor, the cheapest request it answers
 itself: the client encodes an envelope, asks in a private context and correlates the reply by
 id; the admin decodes, dispatches, runs ``health()`` and encodes a ``health.pong``.
-``admin.lookup`` (admin -> registry -> admin) and ``admin.status`` (the same two extra hops
-plus the whole snapshot) are reported beside it.
+``admin.lookup`` and ``admin.status`` (forwarded: admin -> registry, which answers the client,
+with one entry or the whole snapshot) are reported beside it.
 Peer, same run: a plain Thespian ``ask`` of the same envelope bytes to a trivial echo actor
 (``bench.common.RawEcho``) in a stock Thespian system (``bench.common.raw_system``), both with
 its shared handle and in a new private context per call (what the client does, to isolate that

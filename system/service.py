@@ -201,9 +201,6 @@ class SwarmActor(Actor):
         deduplicated by id (queue items carry one); a restart or nudge could then happen
         twice. Should a notice be lost (the registry restarted), a timeout drops the cached
         address and the next request looks it up again."""
-        if not self.registry:
-            on_missing(None)
-            return
         self._place(_NamedCall(name, mtype, body, on_reply, on_missing,
                                time.monotonic() + timeout_s))
 
@@ -219,14 +216,15 @@ class SwarmActor(Actor):
         id) goes again to the new address; another is answered "interrupted" (the requester
         drops either if it had its answer). Waiting longer than ``timeout_s`` for an address is
         answered as a timeout; ``on_missing`` as for request_named."""
-        requester = env.rt or protocol.address_to_wire(sender)
-        if not self.registry:
-            on_missing(None)
-            return
+        requester = env.rt or protocol.address_to_wire(sender)  # forwarded twice: the first
         self._place(_NamedCall(name, mtype, body, None, on_missing, time.monotonic() + timeout_s,
                                forward=(env.id, requester), repeatable=repeatable))
 
     def _place(self, call: _NamedCall) -> None:
+        """Send a new call to its name's cached address, or look the name up first."""
+        if not self.registry:
+            call.on_missing(None)
+            return
         name = call.name
         self._calls.setdefault(name, set()).add(call)
         located = self._addresses.get(name)

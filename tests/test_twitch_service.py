@@ -87,11 +87,13 @@ def say(sim, login: str, text: str, badges=(), timeout: float = 10.0) -> dict:
 
 @contextlib.contextmanager
 def resubscribed(sim, timeout: float = 15.0):
-    """The block drops the bot's subscription; wait until a new connection subscribed."""
-    connections = sim.records()["connections"]
+    """The block drops the bot's subscription; wait until a new connection subscribed (a
+    subscription of a session that was not there before: the old one can stay enabled for a
+    moment, until the platform sees its socket close, and what it is sent then is lost)."""
+    before = set(sim.records()["sessions"])
     yield
-    sim.wait_until(lambda: sim.sim.eventsub.connections > connections
-                   and sim.sim.enabled_subscriptions(), timeout)
+    sim.wait_until(lambda: any(s["transport"]["session_id"] not in before
+                               for s in sim.sim.enabled_subscriptions()), timeout)
 
 
 def inbox(swarm, agent: str, count: int = 1, timeout: float = 10.0) -> list[str]:

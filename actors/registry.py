@@ -138,7 +138,7 @@ class Registry(ServiceActor):
         where = entry.addr, entry.state
         entry.update(b, time.time())
         if (entry.addr, entry.state) != where:
-            self._moved(entry.name, entry.addr, entry.state, gone=where[0])
+            self._tell_watchers(entry.name, entry.addr, entry.state, gone=where[0])
         if entry.state not in ("starting", "stopping"):
             if notice := state_notice(entry.name, entry.settled, entry.state, entry.last_error):
                 self._to_sinks(notice)
@@ -159,7 +159,7 @@ class Registry(ServiceActor):
         entry = self.entries.pop(env.b["name"], None)
         self._forget_pings(env.b["name"])
         if entry is not None:
-            self._moved(entry.name, None, "removed", gone=entry.addr)
+            self._tell_watchers(entry.name, None, "removed", gone=entry.addr)
 
     @handles(protocol.REGISTRY_NOTE)
     def _note(self, env, sender) -> None:
@@ -185,7 +185,7 @@ class Registry(ServiceActor):
                     "state": entry.state, "pid": entry.pid,
                     "v": self.versions.get(entry.name, 0)})
 
-    def _moved(self, name: str, addr: str | None, state: str, gone: str | None) -> None:
+    def _tell_watchers(self, name: str, addr: str | None, state: str, gone: str | None) -> None:
         """``name`` moved or changed state: tell whoever watches it (ServiceActor.request_named
         sends there directly). An actor that moved away from ``gone`` watches nothing any more:
         its successor looks up what it needs."""

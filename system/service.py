@@ -257,7 +257,7 @@ class SwarmActor(Actor):
                      {"name": name, "watch": True}, found, 5.0)
 
     @handles(protocol.REGISTRY_MOVED)
-    def _moved(self, env, sender) -> None:
+    def _watched_moved(self, env, sender) -> None:
         if protocol.address_to_wire(sender) != self.registry:
             raise PermanentError("registry.moved comes from the registry only")
         self._located(env)
@@ -276,7 +276,11 @@ class SwarmActor(Actor):
         if addr and b.get("state") == "running":
             self._addresses[name] = addr
             for call in calls:
-                if call.addr != addr:
+                if call.addr == addr:
+                    continue
+                if call.forward is not None and call.addr is not None and not call.repeatable:
+                    self._interrupted(call)  # it may have run at the old address already
+                else:
                     self._send_call(call, addr)
             return
         self._addresses.pop(name, None)
@@ -285,38 +289,38 @@ class SwarmActor(Actor):
                 self._call_missing(call, env)
 
     def _send_call(self, call: _NamedCall, addr: str) -> None:
-        self._pending.pop(call.key, None)  # the copy sent before (or the wait) is superseded
-        if call.forward is not None:
-            if call.addr is not None and not call.repeatable:  # it may have run there already
-                self._call_missing(call, None, interrupted=True)
-                return
-            call.addr, call.key = addr, f"held:{protocol.new_id()}"
-            self._pending[call.key] = (lambda _: self._forget(call),
-                                       time.monotonic() + FORWARD_HELD_S)
-            held = self._held.setdefault(call.name, collections.deque())
-            held.append((call, call.key))
-            if len(held) > FORWARD_HELD_MAX:  # the oldest were answered long ago, most likely
-                old, key = held.popleft()
-                if old.key == key:  # (not sent again since)
-                    self._forget(old)
-            rid, requester = call.forward
-            self.send(protocol.address_from_wire(addr),
-                      call.mtype.encode(call.body, id=rid, rt=requester))
-            return
-        call.addr, call.key = addr, protocol.new_id()
-        self._pending[call.key] = (lambda reply: self._call_done(call, reply), call.deadline)
-        self.send(protocol.address_from_wire(addr), call.mtype.encode(call.body, id=call.key))
-
-    def _forget(self, call: _NamedCall) -> None:
-        """A held forward's time is up (or it is superseded): nothing more to do for it."""
+        """Send ``call`` to ``addr``; the copy sent before (or the wait) is superseded."""
         self._pending.pop(call.key, None)
-        self._calls.get(call.name, set()).discard(call)
+        call.addr = addr
+        if call.forward is None:
+            call.key = protocol.new_id()
+            self._pending[call.key] = (lambda reply: self._call_done(call, reply), call.deadline)
+            self.send(protocol.address_from_wire(addr), call.mtype.encode(call.body, id=call.key))
+            return
+        call.key = f"held:{protocol.new_id()}"
+        self._pending[call.key] = (lambda _: self._end(call), time.monotonic() + FORWARD_HELD_S)
+        held = self._held.setdefault(call.name, collections.deque())
+        held.append((call, call.key))
+        if len(held) > FORWARD_HELD_MAX:  # the oldest were answered long ago, most likely
+            old, key = held.popleft()
+            if old.key == key:  # (not sent again since)
+                self._end(old)
+        rid, requester = call.forward
+        self.send(protocol.address_from_wire(addr),
+                  call.mtype.encode(call.body, id=rid, rt=requester))
 
-    def _call_done(self, call: _NamedCall, reply) -> None:
+    def _end(self, call: _NamedCall) -> bool:
+        """Take ``call`` out of flight; False if it was out already (answered, ended)."""
+        self._pending.pop(call.key, None)
         calls = self._calls.get(call.name, set())
         if call not in calls:
-            return  # answered already
+            return False
         calls.discard(call)
+        return True
+
+    def _call_done(self, call: _NamedCall, reply) -> None:
+        if not self._end(call):
+            return
         if reply is None and call.addr and self._addresses.get(call.name) == call.addr:
             del self._addresses[call.name]  # silent there: look it up before the next request
         if call.forward is None:
@@ -324,17 +328,15 @@ class SwarmActor(Actor):
         else:  # a forward that never found an address in time
             self._tell_requester(call, "timeout", f"{call.name} did not answer in time")
 
-    def _call_missing(self, call: _NamedCall, why, interrupted: bool = False) -> None:
-        self._pending.pop(call.key, None)
-        calls = self._calls.get(call.name, set())
-        if call in calls:
-            calls.discard(call)
-            if interrupted:
-                self._tell_requester(call, "interrupted", f"{call.name} restarted while handling "
-                                     "it; it may or may not have been done (check before "
-                                     "trying again)")
-            else:
-                call.on_missing(why)
+    def _call_missing(self, call: _NamedCall, why) -> None:
+        if self._end(call):
+            call.on_missing(why)
+
+    def _interrupted(self, call: _NamedCall) -> None:
+        if self._end(call):
+            self._tell_requester(call, "interrupted", f"{call.name} restarted while handling "
+                                 "it; it may or may not have been done (check before trying "
+                                 "again)")
 
     def _tell_requester(self, call: _NamedCall, code: str, detail: str) -> None:
         rid, requester = call.forward

@@ -146,7 +146,7 @@ def test_news_older_than_what_is_cached_is_ignored(net):
     assert client._addresses["queue"] == QUEUE_2
     stale = protocol.decode(protocol.REGISTRY_MOVED.encode(
         {"name": "queue", "addr": QUEUE_1, "state": "running", "v": 0}))
-    client._moved(stale, protocol.address_from_wire(REG))  # overtaken on the way
+    client._watched_moved(stale, protocol.address_from_wire(REG))  # overtaken on the way
     assert client._addresses["queue"] == QUEUE_2
 
 
@@ -158,7 +158,7 @@ def test_news_older_than_a_restart_does_not_bring_back_the_old_address(net):
     assert "queue" not in client._addresses
     stale = protocol.decode(protocol.REGISTRY_MOVED.encode(
         {"name": "queue", "addr": QUEUE_1, "state": "running", "v": 1}))
-    client._moved(stale, protocol.address_from_wire(REG))  # an answer from before, late
+    client._watched_moved(stale, protocol.address_from_wire(REG))  # an answer from before, late
     assert "queue" not in client._addresses
 
 

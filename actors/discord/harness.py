@@ -67,7 +67,7 @@ class DiscordPlatform:
     def wait_connected(self, timeout: float) -> None:
         self.sim.wait_ready(timeout=timeout)
 
-    def say(self, user: str, text: str) -> tuple[str | None, float]:
+    def say(self, user: str, text: str) -> tuple[str | None, float, str]:
         t0 = time.perf_counter()
         sent = self.sim.message(OPS_CHANNEL, self.ids[user], text)
         try:
@@ -76,7 +76,7 @@ class DiscordPlatform:
             return None, time.perf_counter() - t0, sent["id"]
         return _text(post), time.perf_counter() - t0, sent["id"]
 
-    def click(self, user: str, control: str) -> tuple[str | None, float]:
+    def click(self, user: str, control: str) -> tuple[str | None, float, str]:
         """Click the button ``control`` (a custom_id such as ``swarm:panel:status``) on the
         newest control panel in the ops channel."""
         panel = self.sim.wait_post(OPS_CHANNEL, _newest_panel(self.sim), timeout=5)

@@ -62,7 +62,7 @@ class TwitchPlatform:
     def wait_connected(self, timeout: float) -> None:
         self.sim.wait_subscribed(timeout=timeout)
 
-    def say(self, user: str, text: str) -> tuple[str | None, float]:
+    def say(self, user: str, text: str) -> tuple[str | None, float, str]:
         since = self.sim.call(lambda s: len(s.state.sent))
         t0 = time.perf_counter()
         ref = self.sim.chat(user, text, badges=self.users[user].get("badges", []))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import msgpack
 import pytest
 
 from actors.registry import Registry
@@ -38,7 +39,9 @@ class Net:
             to, frm, data = self.queue.pop(0)
             if to in self.actors:
                 self.seen.append((to, getattr(protocol.decode(data), "t", "?")))
-                self.actors[to]._on_bytes(data, protocol.address_from_wire(frm))
+                # as Thespian does: receiveMessage also ends the message's correlation id
+                # (left set, it would tag what this test process sends later)
+                self.actors[to].receiveMessage(data, protocol.address_from_wire(frm))
 
     def count(self, to: str, mtype: protocol.MessageType) -> int:
         return sum(1 for t, name in self.seen if t == to and name == mtype.name)
@@ -179,13 +182,19 @@ def test_a_new_registry_that_does_not_know_the_name_yet_leaves_a_sent_request_wa
     assert client.replies == [QUEUE_1, QUEUE_1]
 
 
+def test_the_network_leaves_no_correlation_id_behind(net):
+    net.actors[CLIENT].ask_queue()
+    net.pump()
+    assert "c" not in msgpack.unpackb(protocol.OK.encode())  # what this process sends next
+
+
 def test_moves_from_anyone_but_the_registry_are_refused(net):
     client = net.actors[CLIENT]
     client.ask_queue()
     net.pump()
     forged = protocol.REGISTRY_MOVED.encode(
         {"name": "queue", "addr": "tcp:127.0.0.1:1", "state": "running", "v": 99})
-    client._on_bytes(forged, protocol.address_from_wire(QUEUE_1))
+    client.receiveMessage(forged, protocol.address_from_wire(QUEUE_1))
     assert client._addresses["queue"] == QUEUE_1
     assert client.error_stats.by_class["permanent"] == 1
 

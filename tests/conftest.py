@@ -45,6 +45,21 @@ class Swarm(TempSwarm):
         assert not self.stop(), "swarm processes left behind"
 
 
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Until process ``pid`` has exited (a zombie counts: it runs no more)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} is still running")
+
+
 def wait_inflight(swarm, platform: str, timeout: float = 10.0) -> None:
     """Until the chat service's journal holds a command being handled."""
     db = swarm.dir / "data" / platform / "inflight.db"

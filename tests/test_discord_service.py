@@ -13,7 +13,7 @@ import pytest
 
 from actors.discord.simulator import GUILD_ID, SimDiscordThread
 from system import protocol
-from tests.conftest import wait_inflight
+from tests.conftest import wait_gone, wait_inflight
 
 
 def test_without_a_token_discord_is_disabled_with_the_key_to_set_and_never_restarts(make_swarm):
@@ -374,6 +374,7 @@ def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(discord_sw
         sim.message(OPS, OPERATOR, "!status")
         wait_inflight(discord_swarm, "discord")
         os.kill(discord_pid, sig)
+        wait_gone(discord_pid)  # the admin answering before a graceful stop ends would race
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(admin_pid, signal.SIGCONT)

@@ -14,7 +14,7 @@ import pytest
 
 from actors.twitch.simulator import BOT_ID, CLIENT_ID, CLIENT_SECRET, SimTwitchThread
 from system import protocol
-from tests.conftest import ROOT, wait_inflight
+from tests.conftest import ROOT, wait_gone, wait_inflight
 
 AGENTS = ["Agent-1", "Agent-2", "Agent-3"]
 MOD, VIP, SUB, VIEWER, ALLOWED = "mo", "vi", "sue", "vic", "allie"
@@ -388,6 +388,7 @@ def test_a_command_cut_off_by_a_sigkill_is_answered_after_the_restart(twitch_swa
         sim.chat(VIEWER, "!status")
         wait_inflight(twitch_swarm, "twitch")
         os.kill(twitch_pid, sig)
+        wait_gone(twitch_pid)  # the admin answering before a graceful stop ends would race
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(admin_pid, signal.SIGCONT)
